@@ -1,0 +1,336 @@
+"""The `ombrl` command: one subcommand per workflow stage.
+
+Thin by design: parse flags, load and validate config, call the library, write outputs.
+Every user mistake is an `OmbrlError`, printed as `ombrl: error: ...` (one line per problem)
+with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ombrl.errors import OmbrlError
+
+DATA_DIR_ENV = "OMBRL_DATA_DIR"
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV, "resources/datasets"))
+
+
+def load_dataset(name_or_path: str):
+    """A dataset from an HDF5 path, or a D4RL name fetched into the data directory."""
+    from ombrl.data.d4rl import download, parse_name, read_hdf5
+
+    path = Path(name_or_path)
+    if path.suffix in (".hdf5", ".h5") or path.exists():
+        if not path.is_file():
+            raise OmbrlError(f"{path}: no such dataset file")
+        return read_hdf5(path)
+    parse_name(name_or_path)
+    return read_hdf5(download(name_or_path, _data_dir()), name=name_or_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    from ombrl.data.collect import collect
+
+    collect(
+        env_id=args.env,
+        policy=args.policy,
+        num_transitions=args.transitions,
+        seed=args.seed,
+        path=Path(args.output),
+        progress=not args.quiet,
+    )
+
+
+def cmd_dataset_fetch(args: argparse.Namespace) -> None:
+    from ombrl.data.d4rl import download, parse_name
+
+    parse_name(args.name)
+    output = Path(args.output) if args.output else None
+    cache = output.parent if output else _data_dir()
+    path = download(args.name, cache)
+    if output is not None and path != output:
+        os.replace(path, output)
+
+
+def cmd_dataset_inspect(args: argparse.Namespace) -> None:
+    from ombrl.data.inspect import summarize
+
+    print(json.dumps(summarize(load_dataset(args.dataset)), indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# ensembles
+
+
+def cmd_train_ensemble(args: argparse.Namespace) -> None:
+    from ombrl.config import load_ensemble_config, parse_params
+    from ombrl.models.ensemble import DynamicsEnsemble, save_ensemble
+    from ombrl.models.fit import FitConfig, fit_ensemble
+    from ombrl.runtime import code_version, resolve_device, setup
+    from ombrl.tracking import CsvLog, staged_directory
+
+    overrides = parse_params(args.params, "ensemble")
+    if args.holdout_ratio is not None:
+        overrides["holdout_ratio"] = args.holdout_ratio
+    cfg = load_ensemble_config(Path(args.config) if args.config else None, overrides)
+    device = resolve_device(args.device or cfg["device"])
+    dataset = load_dataset(args.dataset)
+    setup(args.seed, args.threads)
+    model = DynamicsEnsemble(
+        obs_dim=dataset.obs_dim,
+        act_dim=dataset.act_dim,
+        hidden_sizes=cfg["hidden_size"],
+        num_members=cfg["num_models"],
+        probabilistic=cfg["probabilistic"],
+        activation=cfg["activation"],
+        predict_reward=cfg["predict_reward"],
+    ).to(device)
+    fit = FitConfig(
+        epochs=cfg["fit_epochs"],
+        batch_size=cfg["batch_size"],
+        lr=cfg["lr"],
+        weight_decay=cfg["weight_decay"],
+        holdout_ratio=cfg["holdout_ratio"],
+        holdout_by=cfg["holdout_by"],
+        patience=cfg["patience"],
+        scheduler_gamma=cfg["scheduler_gamma"],
+        bootstrap=cfg["bootstrap"],
+        num_elites=min(cfg["num_elites"], cfg["num_models"]),
+        normalization=cfg["normalization"],
+        grad_clip=cfg["grad_clip"],
+    )
+    log = CsvLog()
+    result = fit_ensemble(
+        model,
+        dataset,
+        fit,
+        seed=args.seed,
+        device=device,
+        on_epoch=log.log,
+        progress=not args.quiet,
+    )
+    meta = {
+        "config": cfg,
+        "seed": args.seed,
+        "threads": args.threads,
+        "dataset": args.dataset,
+        "dataset_checksum": dataset.checksum,
+        "code_version": code_version(),
+        "best_epoch": result.best_epoch,
+    }
+    with staged_directory(Path(args.output)) as out:
+        save_ensemble(model, out, meta)
+        log.write(out / "metrics.csv")
+    if args.csv:
+        log.write(Path(args.csv))
+
+
+# ---------------------------------------------------------------------------------------------
+# policies
+
+
+def cmd_train_policy(args: argparse.Namespace) -> None:
+    from ombrl.config import SCHEMA, parse_params, validate
+    from ombrl.data.scores import normalized_score, reference_scores
+    from ombrl.io import save_model
+    from ombrl.models.ensemble import load_ensemble
+    from ombrl.policies import MODE_SECTIONS, train_policy
+    from ombrl.runtime import code_version, resolve_device, setup
+    from ombrl.tracking import CsvLog, staged_directory, write_json
+
+    section = MODE_SECTIONS[args.mode]
+    params = parse_params(args.params, section)
+    needs_ensemble = "ensemble" in SCHEMA["$defs"][section]["properties"]
+    if needs_ensemble:
+        if args.ensemble is None:
+            raise OmbrlError(f"--mode {args.mode} needs --ensemble DIR (a trained ensemble)")
+        params["ensemble"] = str(args.ensemble)
+    cfg = validate(params, f"--params for mode {args.mode}", SCHEMA["$defs"][section])
+    device = resolve_device(args.device)
+    dataset = load_dataset(args.dataset)
+    ref_min, ref_max = reference_scores(dataset)
+    ensemble = None
+    ensemble_meta: dict = {}
+    if needs_ensemble:
+        ensemble, ensemble_meta = load_ensemble(Path(args.ensemble), device)
+        if ensemble_meta.get("dataset_checksum") not in (None, dataset.checksum):
+            raise OmbrlError(
+                f"{args.ensemble}: ensemble was trained on another dataset than {args.dataset}"
+            )
+    setup(args.seed, args.threads)
+    log = CsvLog()
+    identity = {"dataset": Path(args.dataset).stem, "mode": args.mode, "seed": args.seed}
+
+    def on_eval(record: dict) -> None:
+        score = normalized_score(record["return"], ref_min, ref_max)
+        log.log(
+            {
+                **identity,
+                "step": record["step"],
+                "return": record["return"],
+                "normalized_score": score,
+                **{k: v for k, v in record.items() if k not in ("step", "return")},
+            }
+        )
+
+    agent = train_policy(
+        args.mode,
+        dataset,
+        ensemble,
+        cfg,
+        seed=args.seed,
+        device=device,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        eval_seed=args.eval_seed,
+        on_eval=on_eval,
+        progress=not args.quiet,
+    )
+    final = log.rows[-1]
+    meta = {
+        **identity,
+        "config": cfg,
+        "threads": args.threads,
+        "dataset_checksum": dataset.checksum,
+        "ensemble_code_version": ensemble_meta.get("code_version"),
+        "code_version": code_version(),
+        "env_id": dataset.env_id,
+        "ref_min_score": ref_min,
+        "ref_max_score": ref_max,
+    }
+    with staged_directory(Path(args.output)) as out:
+        save_model(out, agent.state_dict(), meta, name="policy")
+        log.write(out / "progress.csv")
+        write_json(out / "eval.json", {**meta, "final": final})
+
+
+# ---------------------------------------------------------------------------------------------
+# scores and config
+
+
+def cmd_scores(args: argparse.Namespace) -> None:
+    from ombrl.scores import final_scores, gather
+
+    table = gather([Path(p) for p in args.progress])
+    for path, frame in ((args.output, table), (args.final, final_scores(table))):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+
+
+def cmd_check_config(args: argparse.Namespace) -> None:
+    from ombrl.config import load_study, read_yaml
+
+    study = load_study(read_yaml(Path(args.config)), args.config)
+    jobs = len(study["seeds"]) * len(study["datasets"])
+    print(
+        f"{args.config}: valid ({jobs} dataset x seed combinations, modes: "
+        f"{', '.join(study['modes'])})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and the env")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (reproducibility)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ombrl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("collect", help="generate a D4RL-format dataset with gymnasium")
+    p.add_argument("--env", required=True, help="gymnasium id, e.g. InvertedPendulum-v5")
+    p.add_argument("--policy", required=True, help="random | medium | expert")
+    p.add_argument("--transitions", type=int, required=True)
+    p.add_argument("--output", required=True, help="HDF5 file to write")
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_collect)
+
+    dataset = sub.add_parser("dataset", help="fetch or inspect datasets")
+    dsub = dataset.add_subparsers(dest="dataset_command", required=True)
+    p = dsub.add_parser("fetch", help="download a D4RL dataset by name")
+    p.add_argument("name", help="e.g. hopper-medium-v2")
+    p.add_argument("--output", help=f"file to write (default: ${DATA_DIR_ENV}/NAME.hdf5)")
+    p.set_defaults(func=cmd_dataset_fetch)
+    p = dsub.add_parser("inspect", help="print a JSON summary of a dataset")
+    p.add_argument("dataset", help="D4RL name or HDF5 path")
+    p.set_defaults(func=cmd_dataset_inspect)
+
+    p = sub.add_parser("train-ensemble", help="fit a dynamics ensemble")
+    p.add_argument("--dataset", required=True, help="D4RL name or HDF5 path")
+    p.add_argument("--config", help="ensemble YAML, e.g. config/ensembles/pnn.yaml")
+    p.add_argument(
+        "--params",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys; lists comma separated (hidden_size=256,256)",
+    )
+    p.add_argument("--holdout-ratio", "--holdout_ratio", type=float, dest="holdout_ratio")
+    p.add_argument(
+        "--track-training",
+        "--track_training",
+        action="store_true",
+        dest="track_training",
+        help="log the costly per-epoch metrics too",
+    )
+    p.add_argument("--csv", help="also write the per-epoch metrics here")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--output", required=True, help="folder for model.safetensors + model.json")
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_train_ensemble)
+
+    p = sub.add_parser("train-policy", help="train a policy in one offline mode")
+    p.add_argument("--dataset", required=True, help="D4RL name or HDF5 path")
+    p.add_argument("--mode", required=True, choices=["bc", "aleatoric-penalty"])
+    p.add_argument("--ensemble", help="folder of a trained ensemble (model-based modes)")
+    p.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--eval-every", type=int, default=1000, help="updates between evaluations")
+    p.add_argument("--eval-episodes", type=int, default=5)
+    p.add_argument("--eval-seed", type=int, default=100000, help="first evaluation env seed")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--output", required=True, help="folder for policy, progress.csv, eval.json")
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_train_policy)
+
+    p = sub.add_parser("scores", help="gather progress files into scores tables")
+    p.add_argument("progress", nargs="+", help="progress.csv files of policy runs")
+    p.add_argument("--output", required=True, help="every evaluation (scores.csv)")
+    p.add_argument("--final", required=True, help="final score per dataset and mode")
+    p.set_defaults(func=cmd_scores)
+
+    p = sub.add_parser("check-config", help="validate a study config against the schema")
+    p.add_argument("config", help="study YAML, e.g. config/config.yaml")
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except OmbrlError as error:
+        for line in str(error).splitlines():
+            print(f"ombrl: error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

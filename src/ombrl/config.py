@@ -1,0 +1,210 @@
+"""Study and ensemble configs: YAML in, validated dicts with every default filled out.
+
+The JSON Schema in `schemas/config.schema.yaml` is the single place where keys, types and
+defaults live. The Snakefile and the CLI both call `load_study` (or `load_ensemble_config`),
+so a bad key is reported the same way, before any job runs, one line per problem.
+`--params key=value` strings are typed by the schema, so `hidden_size=256,256` is a list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from ombrl.errors import OmbrlError
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
+ENSEMBLE_CONFIG_DIR = Path("config") / "ensembles"
+
+
+def _load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+SCHEMA = _load_schema()
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator that writes each property's `default` into the instance before checking it."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def fill_then_check(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = _copy(subschema["default"])
+        yield from check_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": fill_then_check})
+
+
+def _copy(value: Any) -> Any:
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _format_error(source: str, error: jsonschema.ValidationError) -> list[str]:
+    """One readable line per problem, naming the file and the dotted key."""
+    where = ".".join(str(p) for p in error.absolute_path)
+    prefix = f"{source}: {where}" if where else source
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = sorted(error.schema.get("properties", {}))
+        hint = f" (known: {', '.join(known)})" if known else ""
+        dot = f"{prefix}." if where else f"{source}: "
+        return [f"{dot}{key}: unknown key{hint}" for key in error.instance if key not in known]
+    if "propertyNames" in error.schema_path:
+        dot = f"{prefix}." if where else f"{source}: "
+        if error.validator == "enum":
+            choices = ", ".join(error.validator_value)
+            return [f"{dot}{error.instance}: unknown name; choose from {choices}"]
+        return [f"{dot}{error.instance}: invalid name (use letters, digits, '_', '.', '-')"]
+    if error.validator == "enum":
+        choices = ", ".join(map(str, error.validator_value))
+        return [f"{prefix}: {error.instance!r} is not one of {choices}"]
+    return [f"{prefix}: {error.message}"]
+
+
+def validate(data: Any, source: str, schema: dict | None = None) -> dict:
+    """Check `data` against the schema (or a `$defs` entry of it), filling in defaults.
+
+    Raises:
+        OmbrlError: with every problem found, one line each, each naming `source` and the key.
+    """
+    schema = SCHEMA if schema is None else {**schema, "$defs": SCHEMA["$defs"]}
+    if not isinstance(data, dict):
+        raise OmbrlError(
+            f"{source}: expected a mapping of keys to values, got {type(data).__name__}"
+        )
+    validator = _Validator(schema)
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    lines = [line for error in errors for line in _format_error(source, error)]
+    if lines:
+        raise OmbrlError("\n".join(dict.fromkeys(lines)))
+    return data
+
+
+def read_yaml(path: Path) -> dict:
+    """Read a YAML mapping; a missing or malformed file is a user mistake."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise OmbrlError(f"{path}: no such config file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise OmbrlError(f"{path}: not valid YAML{where}") from None
+    return {} if data is None else data
+
+
+def _parse_scalar(text: str) -> Any:
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none"):
+        return None
+    return text
+
+
+def _allows_array(prop: dict) -> bool:
+    types = prop.get("type", [])
+    options = [types] if isinstance(types, str) else list(types)
+    options += [o.get("type") for o in prop.get("oneOf", [])]
+    return "array" in options
+
+
+def _only_array(prop: dict) -> bool:
+    return prop.get("type") == "array"
+
+
+def parse_params(items: Iterable[str], section: str) -> dict:
+    """Turn `key=value` strings into typed values using the schema section `$defs.<section>`.
+
+    Lists are comma separated (`hidden_size=256,256`); numbers, booleans and `null` are typed.
+
+    Raises:
+        OmbrlError: for a string without `=` or a key the section does not have.
+    """
+    props = SCHEMA["$defs"][section]["properties"]
+    parsed: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise OmbrlError(f"--params {item!r}: expected key=value")
+        if key not in props:
+            raise OmbrlError(f"--params {key}: unknown key (known: {', '.join(sorted(props))})")
+        prop = props[key]
+        if _allows_array(prop) and ("," in text or _only_array(prop)):
+            parsed[key] = [
+                _parse_scalar(t.strip()) for t in text.strip("[]").split(",") if t.strip()
+            ]
+        else:
+            parsed[key] = _parse_scalar(text)
+    return parsed
+
+
+def load_ensemble_config(path: Path | None, overrides: dict, source: str = "--params") -> dict:
+    """An ensemble config: schema defaults, then the YAML file, then overrides, validated."""
+    base = read_yaml(path) if path is not None else {}
+    if not isinstance(base, dict):
+        raise OmbrlError(f"{path}: expected a mapping of ensemble keys")
+    validate(dict(base), str(path) if path else source, SCHEMA["$defs"]["ensemble"])
+    merged = {**base, **overrides}
+    return validate(
+        merged, f"{path} with {source}" if path else source, SCHEMA["$defs"]["ensemble"]
+    )
+
+
+def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
+    """Validate a study config and resolve each ensemble entry into a full ensemble config.
+
+    Args:
+        data: the parsed study YAML (Snakemake's `config`, or `read_yaml(path)`).
+        source: the file name used in error messages.
+        root: the directory that holds `config/ensembles/`.
+
+    Returns:
+        The study with defaults filled in and `ensembles[name]` replaced by the resolved config.
+    """
+    from ombrl.data.d4rl import parse_name
+
+    study = validate(_copy(data), source)
+    problems = []
+    for name, spec in study["datasets"].items():
+        if spec["source"] == "d4rl":
+            try:
+                parse_name(name)
+            except OmbrlError as e:
+                problems.append(f"{source}: datasets.{name}: {e}")
+    resolved = {}
+    for name, entry in study["ensembles"].items():
+        path = root / ENSEMBLE_CONFIG_DIR / f"{entry['config']}.yaml"
+        if not path.is_file():
+            problems.append(f"{source}: ensembles.{name}.config: no file {path}")
+            continue
+        try:
+            resolved[name] = load_ensemble_config(path, entry["params"], f"ensembles.{name}.params")
+        except OmbrlError as e:
+            problems.append(str(e))
+    for mode, params in study["modes"].items():
+        ensemble = params.get("ensemble")
+        if ensemble is not None and ensemble not in study["ensembles"]:
+            problems.append(
+                f"{source}: modes.{mode}.ensemble: {ensemble!r} is not an entry of ensembles"
+            )
+    if problems:
+        raise OmbrlError("\n".join(problems))
+    study["ensembles"] = resolved
+    return study

@@ -1,0 +1,63 @@
+# Study loading, target lists and input functions shared by the rule files.
+import re
+import shlex
+import sys
+
+from ombrl.config import load_study
+from ombrl.errors import OmbrlError
+
+try:
+    STUDY = load_study(config, source=", ".join(workflow.configfiles) or "config")
+except OmbrlError as error:
+    sys.exit(f"ombrl: error: {error}".replace("\n", "\nombrl: error: "))
+
+DATASETS = STUDY["datasets"]
+SEEDS = STUDY["seeds"]
+MODES = STUDY["modes"]
+RUN = f"--threads {STUDY['threads']} --device {STUDY['device']} --quiet"
+
+
+def names_pattern(names):
+    """A wildcard constraint matching exactly these names (never matching when empty)."""
+    return "|".join(re.escape(n) for n in sorted(names)) or "(?!)"
+
+
+wildcard_constraints:
+    seed=r"\d+",
+    mode=names_pattern(MODES),
+    ensemble=names_pattern(STUDY["ensembles"]),
+
+
+def as_params(values):
+    """A dict as `key=value` CLI words (lists comma separated), quoted for the shell."""
+
+    def text(v):
+        if isinstance(v, list):
+            return ",".join(text(x) for x in v)
+        if v is None:
+            return "null"
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    return " ".join(shlex.quote(f"{k}={text(v)}") for k, v in sorted(values.items()))
+
+
+def dataset_file(dataset):
+    return f"resources/datasets/{dataset}.hdf5"
+
+
+def ensemble_dir(dataset, ensemble, seed):
+    return f"results/{dataset}/ensembles/{ensemble}/seed{seed}"
+
+
+def policy_dir(dataset, mode, seed):
+    return f"results/{dataset}/policies/{mode}/seed{seed}"
+
+
+def policy_progress_files():
+    return [
+        f"{policy_dir(d, m, s)}/progress.csv" for d in DATASETS for m in MODES for s in SEEDS
+    ]
+
+
+def get_final_output():
+    return ["results/scores.csv", "results/figures/avg_return.pdf"]

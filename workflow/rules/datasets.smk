@@ -1,0 +1,36 @@
+# Datasets: D4RL files are downloaded (a local rule: compute nodes often have no internet);
+# the others are collected here with gymnasium.
+
+
+def datasets_from(source):
+    return [name for name, spec in DATASETS.items() if spec["source"] == source]
+
+
+localrules:
+    download_dataset,
+
+
+rule download_dataset:
+    output:
+        "resources/datasets/{dataset}.hdf5",
+    wildcard_constraints:
+        dataset=names_pattern(datasets_from("d4rl")),
+    log:
+        "logs/datasets/{dataset}.log",
+    shell:
+        "ombrl dataset fetch {wildcards.dataset} --output {output} > {log} 2>&1"
+
+
+rule collect_dataset:
+    output:
+        "resources/datasets/{dataset}.hdf5",
+    wildcard_constraints:
+        dataset=names_pattern(datasets_from("collect")),
+    params:
+        spec=lambda w: DATASETS[w.dataset],
+    log:
+        "logs/datasets/{dataset}.log",
+    shell:
+        "ombrl collect --env {params.spec[env]} --policy {params.spec[policy]}"
+        " --transitions {params.spec[transitions]} --seed {params.spec[seed]}"
+        " --output {output} --quiet > {log} 2>&1"

@@ -1,0 +1,13 @@
+# Scores: every evaluation of every policy in one table, raw and D4RL-normalized.
+
+
+rule scores:
+    input:
+        policy_progress_files(),
+    output:
+        scores="results/scores.csv",
+        final="results/tables/final_scores.csv",
+    log:
+        "logs/scores.log",
+    shell:
+        "ombrl scores {input} --output {output.scores} --final {output.final} > {log} 2>&1"
