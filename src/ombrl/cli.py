@@ -32,7 +32,7 @@ def load_dataset(name_or_path: str):
             raise OmbrlError(f"{path}: no such dataset file")
         return read_hdf5(path)
     parse_name(name_or_path)
-    return read_hdf5(download(name_or_path, _data_dir()), name=name_or_path)
+    return read_hdf5(download(name_or_path, _data_dir()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,7 +48,6 @@ def cmd_collect(args: argparse.Namespace) -> None:
         num_transitions=args.transitions,
         seed=args.seed,
         path=Path(args.output),
-        progress=not args.quiet,
     )
 
 

@@ -14,7 +14,6 @@ except OmbrlError as error:
 DATASETS = STUDY["datasets"]
 SEEDS = STUDY["seeds"]
 MODES = STUDY["modes"]
-RUN = f"--threads {STUDY['threads']} --device {STUDY['device']} --quiet"
 
 
 def names_pattern(names):
@@ -55,8 +54,34 @@ def policy_dir(dataset, mode, seed):
 
 def policy_progress_files():
     return [
-        f"{policy_dir(d, m, s)}/progress.csv" for d in DATASETS for m in MODES for s in SEEDS
+        f"{policy_dir(d, m, s)}/progress.csv"
+        for d in DATASETS
+        for m in MODES
+        for s in SEEDS
     ]
+
+
+def datasets_from(source):
+    return [name for name, spec in DATASETS.items() if spec["source"] == source]
+
+
+def policy_inputs(w):
+    inputs = {"dataset": dataset_file(w.dataset)}
+    ensemble = MODES[w.mode].get("ensemble")
+    if ensemble is not None:
+        inputs["ensemble"] = (
+            f"{ensemble_dir(w.dataset, ensemble, w.seed)}/model.safetensors"
+        )
+    return inputs
+
+
+def policy_flags(w):
+    params = {k: v for k, v in MODES[w.mode].items() if k != "ensemble"}
+    flags = f"--params {as_params(params)}" if params else ""
+    ensemble = MODES[w.mode].get("ensemble")
+    if ensemble is not None:
+        flags += f" --ensemble {ensemble_dir(w.dataset, ensemble, w.seed)}"
+    return flags
 
 
 def get_final_output():

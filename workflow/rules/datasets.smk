@@ -2,10 +2,6 @@
 # the others are collected here with gymnasium.
 
 
-def datasets_from(source):
-    return [name for name, spec in DATASETS.items() if spec["source"] == source]
-
-
 localrules:
     download_dataset,
 
@@ -13,10 +9,12 @@ localrules:
 rule download_dataset:
     output:
         "resources/datasets/{dataset}.hdf5",
-    wildcard_constraints:
-        dataset=names_pattern(datasets_from("d4rl")),
     log:
         "logs/datasets/{dataset}.log",
+    wildcard_constraints:
+        dataset=names_pattern(datasets_from("d4rl")),
+    conda:
+        "../../envs/ombrl.yaml"
     shell:
         "ombrl dataset fetch {wildcards.dataset} --output {output} > {log} 2>&1"
 
@@ -24,12 +22,14 @@ rule download_dataset:
 rule collect_dataset:
     output:
         "resources/datasets/{dataset}.hdf5",
-    wildcard_constraints:
-        dataset=names_pattern(datasets_from("collect")),
-    params:
-        spec=lambda w: DATASETS[w.dataset],
     log:
         "logs/datasets/{dataset}.log",
+    wildcard_constraints:
+        dataset=names_pattern(datasets_from("collect")),
+    conda:
+        "../../envs/ombrl.yaml"
+    params:
+        spec=lambda w: DATASETS[w.dataset],
     shell:
         "ombrl collect --env {params.spec[env]} --policy {params.spec[policy]}"
         " --transitions {params.spec[transitions]} --seed {params.spec[seed]}"

@@ -8,13 +8,16 @@ rule train_ensemble:
         model="results/{dataset}/ensembles/{ensemble}/seed{seed}/model.safetensors",
         meta="results/{dataset}/ensembles/{ensemble}/seed{seed}/model.json",
         metrics="results/{dataset}/ensembles/{ensemble}/seed{seed}/metrics.csv",
-    params:
-        config=lambda w: as_params(STUDY["ensembles"][w.ensemble]),
-        outdir=lambda w: ensemble_dir(w.dataset, w.ensemble, w.seed),
-    threads: STUDY["threads"]
     log:
         "logs/{dataset}/ensembles/{ensemble}/seed{seed}.log",
+    conda:
+        "../../envs/ombrl.yaml"
+    threads: STUDY["threads"]
+    params:
+        device=STUDY["device"],
+        config=lambda w: as_params(STUDY["ensembles"][w.ensemble]),
+        outdir=lambda w: ensemble_dir(w.dataset, w.ensemble, w.seed),
     shell:
         "ombrl train-ensemble --dataset {input.dataset} --params {params.config}"
-        " --seed {wildcards.seed} {RUN} --output {params.outdir}"
+        " --seed {wildcards.seed} --threads {threads} --device {params.device} --quiet --output {params.outdir}"
         " --csv {output.metrics} > {log} 2>&1"

@@ -6,10 +6,14 @@ rule figure_avg_return:
         scores="results/scores.csv",
         notebook="notebooks/avg_return.ipynb",
     output:
-        figure=report("results/figures/avg_return.pdf", caption="../report/avg_return.rst"),
+        figure=report(
+            "results/figures/avg_return.pdf", caption="../report/avg_return.rst"
+        ),
         notebook="results/notebooks/avg_return.ipynb",
     log:
         "logs/figures/avg_return.log",
+    conda:
+        "../../envs/figures.yaml"
     shell:
         "papermill {input.notebook} {output.notebook} -k python3 --no-progress-bar"
         " -p scores_csv {input.scores} -p output_pdf {output.figure} > {log} 2>&1"

@@ -9,5 +9,7 @@ rule scores:
         final="results/tables/final_scores.csv",
     log:
         "logs/scores.log",
+    conda:
+        "../../envs/ombrl.yaml"
     shell:
         "ombrl scores {input} --output {output.scores} --final {output.final} > {log} 2>&1"

@@ -1,0 +1,113 @@
+"""Study and ensemble configs: defaults from the schema, typed --params, one line per mistake."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ombrl.config import load_ensemble_config, load_study, parse_params, read_yaml, validate
+from ombrl.errors import OmbrlError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_study() -> dict:
+    return read_yaml(ROOT / "config" / "config.yaml")
+
+
+def test_default_study_is_valid_and_defaults_are_filled():
+    study = load_study(default_study(), "config.yaml", root=ROOT)
+    assert study["evaluation"]["episodes"] >= 1
+    ensemble = study["ensembles"]["pnn-small"]
+    # From the schema, the base file (pnn.yaml) and the study's overrides, in that order.
+    assert ensemble["probabilistic"] is True
+    assert ensemble["hidden_size"] == [200, 200, 200]
+    assert ensemble["holdout_by"] == "transition"
+    assert study["modes"]["aleatoric-penalty"]["uncertainty"] == "max_norm"
+
+
+def test_every_problem_is_reported_one_line_each():
+    bad = default_study()
+    bad["colour"] = "blue"
+    bad["seeds"] = ["zero"]
+    bad["modes"]["bc"]["stepz"] = 3
+    bad["modes"]["magic"] = {}
+    bad["datasets"]["pendulum-random"]["policy"] = "great"
+    with pytest.raises(OmbrlError) as info:
+        validate(bad, "study.yaml")
+    lines = str(info.value).splitlines()
+    assert len(lines) == 5
+    assert all(line.startswith("study.yaml: ") for line in lines)
+    text = str(info.value)
+    assert "colour: unknown key" in text
+    assert "seeds.0: 'zero' is not of type 'integer'" in text
+    assert "modes.bc.stepz: unknown key" in text
+    assert "modes.magic: unknown name; choose from bc, aleatoric-penalty" in text
+    assert "datasets.pendulum-random.policy: 'great' is not one of random, medium, expert" in text
+
+
+def test_cross_references_are_checked():
+    bad = default_study()
+    bad["modes"]["aleatoric-penalty"]["ensemble"] = "missing"
+    bad["datasets"]["hopper-superb-v2"] = {"source": "d4rl"}
+    with pytest.raises(OmbrlError) as info:
+        load_study(bad, "study.yaml", root=ROOT)
+    text = str(info.value)
+    assert "modes.aleatoric-penalty.ensemble: 'missing' is not an entry of ensembles" in text
+    assert "datasets.hopper-superb-v2" in text
+
+
+def test_params_are_typed_by_the_schema():
+    params = parse_params(
+        [
+            "hidden_size=256,256",
+            "lr=1e-3",
+            "scheduler_gamma=null",
+            "probabilistic=false",
+            "num_models=5",
+            "weight_decay=1e-5,2e-5,3e-5",
+        ],
+        "ensemble",
+    )
+    assert params == {
+        "hidden_size": [256, 256],
+        "lr": 0.001,
+        "scheduler_gamma": None,
+        "probabilistic": False,
+        "num_models": 5,
+        "weight_decay": [1e-5, 2e-5, 3e-5],
+    }
+    # A single width is still a list: the key only takes lists.
+    assert parse_params(["hidden_size=128"], "ensemble") == {"hidden_size": [128]}
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("hidden=3", "--params hidden: unknown key"),
+        ("lr", "--params 'lr': expected key=value"),
+    ],
+)
+def test_bad_params_name_the_key(item, message):
+    with pytest.raises(OmbrlError, match=message):
+        parse_params([item], "ensemble")
+
+
+def test_ensemble_config_layers_and_wrong_types(tmp_path):
+    cfg = load_ensemble_config(ROOT / "config/ensembles/dnn.yaml", {"fit_epochs": 3})
+    assert cfg["fit_epochs"] == 3 and cfg["probabilistic"] is False and cfg["num_models"] == 7
+    with pytest.raises(OmbrlError, match="num_models: 'many' is not of type 'integer'"):
+        load_ensemble_config(ROOT / "config/ensembles/dnn.yaml", {"num_models": "many"})
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("num_models: [1,\n")
+    with pytest.raises(OmbrlError, match="broken.yaml: not valid YAML"):
+        load_ensemble_config(broken, {})
+    with pytest.raises(OmbrlError, match="no such config file"):
+        load_ensemble_config(tmp_path / "absent.yaml", {})
+
+
+def test_every_shipped_ensemble_config_is_valid():
+    for path in sorted((ROOT / "config" / "ensembles").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        cfg = load_ensemble_config(path, {})
+        assert {k: cfg[k] for k in raw} == raw, path.name
