@@ -85,7 +85,7 @@ def cmd_train_ensemble(args: argparse.Namespace) -> None:
     cfg = load_ensemble_config(Path(args.config) if args.config else None, overrides)
     device = resolve_device(args.device or cfg["device"])
     dataset = load_dataset(args.dataset)
-    setup(args.seed, args.threads)
+    setup(args.seed, args.threads)  # before the model: its initial weights come from this seed
     model = DynamicsEnsemble(
         obs_dim=dataset.obs_dim,
         act_dim=dataset.act_dim,

@@ -1,0 +1,390 @@
+"""Training a `DynamicsEnsemble` on an offline dataset: holdout, early stopping, elites.
+
+All members step together (one batched forward/backward per batch), the data is moved to the
+device once, and each epoch costs the training batches plus one holdout evaluation. Every
+random choice (holdout split, bootstrap resamples, batch order) comes from one
+`torch.Generator` seeded with `seed`, so the same seed gives the same weights and metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ombrl.data.dataset import Dataset
+from ombrl.errors import OmbrlError
+from ombrl.models.ensemble import DynamicsEnsemble
+
+# A member's snapshot is replaced only when its holdout MSE improves by more than this fraction.
+IMPROVEMENT_THRESHOLD = 0.01
+# Smallest normaliser scale: a constant input or target dimension must not divide by zero.
+MIN_SCALE = 1e-6
+# Rows per holdout forward pass: bounds memory on large datasets.
+EVAL_CHUNK = 8192
+
+
+@dataclass
+class FitConfig:
+    """How to train an ensemble. No defaults: every value comes from the config file."""
+
+    epochs: int  # maximum passes over the training split
+    batch_size: int  # transitions per member in one gradient step
+    lr: float  # Adam learning rate
+    weight_decay: float | list[float]  # L2 coefficient: one for all layers, or one per layer
+    holdout_ratio: float  # fraction of transitions held out (early stopping, elites), in (0, 1)
+    holdout_by: str  # "transition" (random transitions) or "trajectory" (whole episodes)
+    patience: int  # stop after this many epochs in which no member improved; 0 = never stop
+    scheduler_gamma: float | None  # ExponentialLR factor applied after each epoch; None = off
+    bootstrap: bool  # True: each member trains on its own bootstrap resample; False: shared
+    num_elites: int  # how many members with the lowest holdout MSE become elites
+    normalization: str  # "std" (mean / standard deviation) or "mad" (mean / mean abs. deviation)
+    grad_clip: float | None  # max gradient norm per member; None = no clipping
+
+
+@dataclass
+class FitResult:
+    """What fitting produced besides the trained weights (which are in the model).
+
+    Attributes:
+        history: one dict per epoch (see `fit_ensemble`), CSV-ready (flat, scalar values).
+        elites: member indices, lowest holdout MSE first.
+        best_epoch: per member, the epoch of the snapshot it was restored to (0: none).
+        holdout_mse: per member, the holdout MSE of that snapshot (normalised space).
+        epochs_run: number of epochs trained (< cfg.epochs when stopped early).
+        holdout_indices: sorted indices of the held-out transitions in the dataset.
+    """
+
+    history: list[dict]
+    elites: list[int]
+    best_epoch: list[int]
+    holdout_mse: list[float]
+    epochs_run: int
+    holdout_indices: np.ndarray
+
+
+def split_holdout(
+    episode_ids: np.ndarray, ratio: float, by: str, generator: torch.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split transitions into training and holdout indices.
+
+    Args:
+        episode_ids: N episode index of each transition.
+        ratio: fraction of transitions to hold out, in (0, 1).
+        by: "transition" (a random subset) or "trajectory" (whole episodes, drawn in random
+            order until at least `ratio * N` transitions are held out; never splits one).
+        generator: source of randomness.
+
+    Returns:
+        Sorted train indices and sorted holdout indices (int64), disjoint, covering 0..N-1.
+    """
+    n = len(episode_ids)
+    target = max(1, round(ratio * n))
+    if by == "transition":
+        if target >= n:
+            raise OmbrlError(f"holdout_ratio {ratio} leaves no training data ({n} transitions)")
+        perm = torch.randperm(n, generator=generator).numpy()
+        holdout = perm[:target]
+    elif by == "trajectory":
+        episodes, counts = np.unique(episode_ids, return_counts=True)
+        if len(episodes) < 2:
+            raise OmbrlError("holdout_by 'trajectory' needs at least 2 episodes in the dataset")
+        order = torch.randperm(len(episodes), generator=generator).numpy()
+        # Number of episodes needed to reach the target; always leave one for training.
+        taken = int(np.searchsorted(np.cumsum(counts[order]), target)) + 1
+        held = episodes[order[: min(taken, len(episodes) - 1)]]
+        holdout = np.flatnonzero(np.isin(episode_ids, held))
+    else:
+        raise OmbrlError(f"holdout_by: {by!r} is not 'transition' or 'trajectory'")
+    mask = np.zeros(n, dtype=bool)
+    mask[holdout] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def fit_normalizer(x: Tensor, method: str) -> tuple[Tensor, Tensor]:
+    """Per-column centre and scale of `x` (N x D), computed in float64.
+
+    Args:
+        x: N x D training data.
+        method: "std" (standard deviation) or "mad" (mean absolute deviation, upstream
+            dynamics-ensembles-rl).
+
+    Returns:
+        mean D and scale D (float32, scale clamped to >= 1e-6).
+    """
+    x64 = x.double()
+    mean = x64.mean(dim=0)
+    if method == "std":
+        scale = x64.std(dim=0, correction=0)
+    elif method == "mad":
+        scale = (x64 - mean).abs().mean(dim=0)
+    else:
+        raise OmbrlError(f"normalization: {method!r} is not 'std' or 'mad'")
+    return mean.float(), scale.clamp_min(MIN_SCALE).float()
+
+
+def bootstrap_indices(num_members: int, num_train: int, generator: torch.Generator) -> Tensor:
+    """Draw each member's bootstrap resample of the training split (with replacement).
+
+    Returns:
+        E x N int64 indices into the training split, one independent row per member.
+    """
+    return torch.randint(num_train, (num_members, num_train), generator=generator)
+
+
+def epoch_order(base: Tensor | None, num_train: int, generator: torch.Generator) -> Tensor:
+    """The order in which members visit training rows this epoch.
+
+    Args:
+        base: E x N bootstrap indices (each row shuffled independently), or None for shared
+            batches (one permutation of 0..N-1 for every member).
+        num_train: N.
+        generator: source of randomness.
+
+    Returns:
+        E x N (bootstrap) or 1 x N (shared) int64 indices.
+    """
+    if base is None:
+        return torch.randperm(num_train, generator=generator).unsqueeze(0)
+    order = torch.argsort(torch.rand(base.shape, generator=generator), dim=1)
+    return base.gather(1, order)
+
+
+def _check_config(cfg: FitConfig, model: DynamicsEnsemble, dataset: Dataset) -> None:
+    """Reject values that cannot work, naming the key, before any work is done."""
+    checks = [
+        (cfg.epochs >= 1, "epochs", "must be >= 1"),
+        (cfg.batch_size >= 1, "batch_size", "must be >= 1"),
+        (cfg.lr > 0, "lr", "must be > 0"),
+        (0 < cfg.holdout_ratio < 1, "holdout_ratio", "must be in (0, 1)"),
+        (cfg.holdout_by in ("transition", "trajectory"), "holdout_by", "is not a choice"),
+        (cfg.patience >= 0, "patience", "must be >= 0"),
+        (
+            cfg.scheduler_gamma is None or 0 < cfg.scheduler_gamma <= 1,
+            "scheduler_gamma",
+            "must be in (0, 1] or null",
+        ),
+        (
+            1 <= cfg.num_elites <= model.num_members,
+            "num_elites",
+            f"must be between 1 and num_members ({model.num_members})",
+        ),
+        (cfg.normalization in ("std", "mad"), "normalization", "is not 'std' or 'mad'"),
+        (cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip", "must be > 0 or null"),
+    ]
+    for ok, key, why in checks:
+        if not ok:
+            raise OmbrlError(f"{key}: {getattr(cfg, key)!r} {why}")
+    model.decay_coefficients(cfg.weight_decay)
+    if (dataset.obs_dim, dataset.act_dim) != (model.obs_dim, model.act_dim):
+        raise OmbrlError(
+            f"dataset {dataset.env_id}: obs/act sizes {dataset.obs_dim}/{dataset.act_dim} do not "
+            f"match the model's {model.obs_dim}/{model.act_dim}"
+        )
+
+
+def clip_grad_norm_per_member(params: list[torch.nn.Parameter], max_norm: float) -> None:
+    """Scale each member's gradient to norm <= max_norm (a global norm would couple members).
+
+    Args:
+        params: parameters whose first dimension is the member (E x ...), gradients set.
+        max_norm: largest allowed L2 norm of one member's gradient over all `params`.
+    """
+    sq = sum(p.grad.square().flatten(1).sum(dim=1) for p in params)
+    scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
+
+
+@torch.no_grad()
+def _evaluate(
+    model: DynamicsEnsemble, x: Tensor, y: Tensor
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Holdout MSE per member E, MSE of the members' mean prediction, and NLL per member E."""
+    e, n, d = model.num_members, x.shape[0], y.shape[1]
+    mse = torch.zeros(e, device=x.device)
+    ens = torch.zeros((), device=x.device)
+    nll = torch.zeros(e, device=x.device) if model.probabilistic else None
+    for start in range(0, n, EVAL_CHUNK):
+        xc, yc = x[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
+        mean, logvar = model(xc.expand(e, *xc.shape))
+        sq = (mean - yc).square()
+        mse += sq.sum(dim=(1, 2))
+        ens += (mean.mean(dim=0) - yc).square().sum()
+        if nll is not None:
+            nll += (sq * torch.exp(-logvar) + logvar).sum(dim=(1, 2))
+    count = n * d
+    return mse / count, ens / count, None if nll is None else nll / count
+
+
+def _epoch_metrics(
+    epoch: int,
+    lr: float,
+    seconds: float,
+    train: dict[str, Tensor | None],
+    holdout: dict[str, Tensor | None],
+) -> dict:
+    """Flatten per-member tensors into `name` (mean over members) and `name_m{i}` columns."""
+    metrics: dict = {"epoch": epoch, "lr": lr, "seconds": seconds}
+    for split, values in (("train", train), ("holdout", holdout)):
+        for name, value in values.items():
+            if value is None:
+                continue
+            values_list = value.tolist()
+            if isinstance(values_list, float):
+                metrics[f"{split}_{name}"] = values_list
+                continue
+            metrics[f"{split}_{name}"] = float(np.mean(values_list))
+            metrics.update({f"{split}_{name}_m{i}": v for i, v in enumerate(values_list)})
+    return metrics
+
+
+def fit_ensemble(
+    model: DynamicsEnsemble,
+    dataset: Dataset,
+    cfg: FitConfig,
+    seed: int,
+    device: torch.device,
+    on_epoch: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train every member of `model` at once; keep each member's best holdout snapshot.
+
+    The model's normalisers are fitted on the training split, targets are the normalised
+    `s' - s` (plus the reward when `model.predict_reward`). After each epoch the holdout MSE
+    of each member is measured; a member's weights are snapshotted when it improves by more
+    than 1% relative. Training stops once no member has improved for `cfg.patience` epochs.
+    At the end each member is restored to its snapshot and `model.elites` is set.
+
+    Args:
+        model: the ensemble to train (moved to `device`, trained in place).
+        dataset: N transitions.
+        cfg: training settings.
+        seed: seeds the holdout split, bootstrap resamples and batch order.
+        device: where to train.
+        on_epoch: called with each epoch's metrics (e.g. to log them).
+        progress: show a tqdm bar.
+
+    Returns:
+        A `FitResult`. Each history row has `epoch`, `lr`, `seconds`, and in normalised space
+        `train_mse`, `holdout_mse` (means over members) with per-member columns
+        `train_mse_m{i}`, `holdout_mse_m{i}`, `holdout_mse_ensemble` (the MSE of the members'
+        mean prediction), and for probabilistic models `train_nll`, `holdout_nll`
+        (+ `_m{i}`): `mean((mu - y)^2 exp(-lv) + lv)`.
+    """
+    _check_config(cfg, model, dataset)
+    generator = torch.Generator().manual_seed(seed)
+    model.to(device)
+    e = model.num_members
+
+    obs = torch.as_tensor(dataset.observations, dtype=torch.float32)
+    inputs = torch.cat([obs, torch.as_tensor(dataset.actions, dtype=torch.float32)], dim=1)
+    targets = torch.as_tensor(dataset.next_observations, dtype=torch.float32) - obs
+    if model.predict_reward:
+        rewards = torch.as_tensor(dataset.rewards, dtype=torch.float32)
+        targets = torch.cat([targets, rewards.unsqueeze(1)], dim=1)
+
+    train_np, holdout_np = split_holdout(
+        dataset.episode_ids, cfg.holdout_ratio, cfg.holdout_by, generator
+    )
+    train_idx, holdout_idx = torch.from_numpy(train_np), torch.from_numpy(holdout_np)
+    in_mean, in_std = fit_normalizer(inputs[train_idx], cfg.normalization)
+    out_mean, out_std = fit_normalizer(targets[train_idx], cfg.normalization)
+    model.set_normalizers(in_mean, in_std, out_mean, out_std)
+    x_all = ((inputs - in_mean) / in_std).to(device)
+    y_all = ((targets - out_mean) / out_std).to(device)
+    x_train, y_train = x_all[train_idx.to(device)], y_all[train_idx.to(device)]
+    x_hold, y_hold = x_all[holdout_idx.to(device)], y_all[holdout_idx.to(device)]
+    del x_all, y_all
+    n_train = len(train_idx)
+
+    base = bootstrap_indices(e, n_train, generator) if cfg.bootstrap else None
+    decay = model.decay_coefficients(cfg.weight_decay)
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
+    scheduler = (
+        None
+        if cfg.scheduler_gamma is None
+        else torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.scheduler_gamma)
+    )
+
+    best_params = [p.detach().clone() for p in params]
+    best_mse = torch.full((e,), float("inf"), device=device)
+    best_epoch = torch.zeros(e, dtype=torch.long, device=device)
+    stale = torch.zeros(e, dtype=torch.long, device=device)
+    history: list[dict] = []
+    bar = tqdm(range(1, cfg.epochs + 1), desc="fit ensemble", disable=not progress)
+    for epoch in bar:
+        start_time = time.perf_counter()
+        model.train()
+        order = epoch_order(base, n_train, generator).to(device)
+        sum_mse = torch.zeros(e, device=device)
+        sum_nll = torch.zeros(e, device=device) if model.probabilistic else None
+        for start in range(0, n_train, cfg.batch_size):
+            batch = order[:, start : start + cfg.batch_size]
+            if batch.shape[0] == 1:
+                batch = batch.expand(e, -1)
+            loss, mse, nll = model.loss(x_train[batch], y_train[batch], decay)
+            optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            if cfg.grad_clip is not None:
+                clip_grad_norm_per_member(params, cfg.grad_clip)
+            optimizer.step()
+            sum_mse += mse.detach() * batch.shape[1]
+            if sum_nll is not None:
+                sum_nll += nll.detach() * batch.shape[1]
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step()
+
+        model.eval()
+        hold_mse, hold_ens, hold_nll = _evaluate(model, x_hold, y_hold)
+        if not torch.isfinite(sum_mse).all():
+            raise OmbrlError(
+                f"ensemble training diverged at epoch {epoch} (non-finite loss); lower lr"
+            )
+        improved = hold_mse < (1 - IMPROVEMENT_THRESHOLD) * best_mse
+        best_mse = torch.where(improved, hold_mse, best_mse)
+        best_epoch = torch.where(improved, epoch, best_epoch)
+        stale = torch.where(improved, 0, stale + 1)
+        with torch.no_grad():
+            for snapshot, p in zip(best_params, params, strict=True):
+                snapshot[improved] = p[improved]
+
+        metrics = _epoch_metrics(
+            epoch,
+            lr,
+            time.perf_counter() - start_time,
+            {"mse": sum_mse / n_train, "nll": None if sum_nll is None else sum_nll / n_train},
+            {"mse": hold_mse, "mse_ensemble": hold_ens, "nll": hold_nll},
+        )
+        history.append(metrics)
+        bar.set_postfix(
+            train=f"{metrics['train_mse']:.4g}", holdout=f"{metrics['holdout_mse']:.4g}"
+        )
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if cfg.patience > 0 and bool((stale >= cfg.patience).all()):
+            break
+    bar.close()
+
+    with torch.no_grad():
+        for snapshot, p in zip(best_params, params, strict=True):
+            p.copy_(snapshot)
+    model.eval()
+    best = best_mse.tolist()
+    elites = sorted(range(e), key=lambda m: best[m])[: cfg.num_elites]
+    model.elites = elites
+    return FitResult(
+        history=history,
+        elites=elites,
+        best_epoch=best_epoch.tolist(),
+        holdout_mse=best,
+        epochs_run=len(history),
+        holdout_indices=holdout_np,
+    )

@@ -1,0 +1,332 @@
+"""Fitting: learning on known systems and real MuJoCo data, holdout, early stopping, elites."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from ombrl.data.dataset import Dataset
+from ombrl.errors import OmbrlError
+from ombrl.models.ensemble import DynamicsEnsemble
+from ombrl.models.fit import (
+    FitConfig,
+    bootstrap_indices,
+    clip_grad_norm_per_member,
+    epoch_order,
+    fit_ensemble,
+    split_holdout,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models run as fast on one thread, and two threads slow ~10x when the 2 cores
+    are shared with other processes (OpenMP threads wait on each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+BASE_CFG = FitConfig(
+    epochs=30,
+    batch_size=64,
+    lr=3e-3,
+    weight_decay=0.0,
+    holdout_ratio=0.2,
+    holdout_by="transition",
+    patience=0,
+    scheduler_gamma=None,
+    bootstrap=False,
+    num_elites=2,
+    normalization="std",
+    grad_clip=None,
+)
+
+
+def make_dataset(
+    obs: np.ndarray,
+    act: np.ndarray,
+    next_obs: np.ndarray,
+    rewards: np.ndarray | None = None,
+    episode_ids: np.ndarray | None = None,
+) -> Dataset:
+    n = len(obs)
+    return Dataset(
+        observations=obs.astype(np.float32),
+        actions=act.astype(np.float32),
+        rewards=np.zeros(n, np.float32) if rewards is None else rewards.astype(np.float32),
+        next_observations=next_obs.astype(np.float32),
+        terminals=np.zeros(n, bool),
+        timeouts=np.zeros(n, bool),
+        episode_ids=np.arange(n) // 50 if episode_ids is None else episode_ids,
+        env_id="synthetic",
+    )
+
+
+def linear_system(seed: int, n: int, noise: bool = False):
+    """s' = A s + B a (+ state-dependent Gaussian noise when `noise`), and its noise std."""
+    rng = np.random.default_rng(seed)
+    a_mat = np.random.default_rng(100).normal(size=(3, 3)) * 0.4
+    b_mat = np.random.default_rng(101).normal(size=(3, 2))
+    obs = rng.normal(size=(n, 3))
+    act = rng.uniform(-1, 1, size=(n, 2))
+    next_obs = obs @ a_mat.T + act @ b_mat.T
+    std = 0.05 + 0.2 * np.abs(obs[:, :1]) * np.ones((1, 3))
+    if noise:
+        next_obs = next_obs + std * rng.normal(size=next_obs.shape)
+    return obs, act, next_obs, std
+
+
+def make_model(probabilistic: bool = False, members: int = 3, reward: bool = False, **kw):
+    torch.manual_seed(0)
+    hidden = kw.pop("hidden", [64, 64])
+    return DynamicsEnsemble(3, 2, hidden, members, probabilistic, "swish", reward, **kw)
+
+
+def test_deterministic_ensemble_fits_linear_system():
+    obs, act, next_obs, _ = linear_system(0, 3000)
+    reward = obs @ np.array([1.0, -2.0, 0.5]) + act[:, 0]
+    model = make_model(reward=True)
+    fit_ensemble(model, make_dataset(obs, act, next_obs, reward), BASE_CFG, 0, CPU, progress=False)
+    t_obs, t_act, t_next, _ = linear_system(1, 1000)
+    t_reward = t_obs @ np.array([1.0, -2.0, 0.5]) + t_act[:, 0]
+    with torch.no_grad():
+        pred = model.predict(torch.tensor(t_obs), torch.tensor(t_act))
+    delta_var = (t_next - t_obs).var(axis=0)
+    err = ((pred.next_obs_mean.numpy() - t_next) ** 2).mean(axis=1) / delta_var
+    assert err.max() < 1e-3
+    reward_err = ((pred.reward_mean.numpy() - t_reward) ** 2).mean(axis=1) / t_reward.var()
+    assert reward_err.max() < 1e-3
+
+
+def test_probabilistic_variance_is_calibrated():
+    obs, act, next_obs, _ = linear_system(2, 4000, noise=True)
+    model = make_model(probabilistic=True, members=2)
+    cfg = dataclasses.replace(BASE_CFG, epochs=40, bootstrap=True, lr=2e-3)
+    fit_ensemble(model, make_dataset(obs, act, next_obs), cfg, 0, CPU, progress=False)
+    t_obs, t_act, t_next, t_std = linear_system(3, 2000, noise=True)
+    with torch.no_grad():
+        pred = model.predict(torch.tensor(t_obs), torch.tensor(t_act))
+    z2 = (pred.next_obs_mean.numpy() - t_next) ** 2 / pred.next_obs_var.numpy()
+    assert 0.7 < z2.mean() < 1.5
+    # The noise grows with |s0|: the predicted std must follow it, not be one global value.
+    ratio = np.sqrt(pred.next_obs_var.numpy()).mean(axis=0) / t_std
+    assert 0.7 < np.median(ratio) < 1.4
+
+
+def collect_inverted_pendulum(seed: int, steps: int) -> Dataset:
+    """Noisy stabilising controller mixed with uniform random actions, 100-step episodes."""
+    env = gym.make("InvertedPendulum-v5", max_episode_steps=100)
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list] = {k: [] for k in ("obs", "act", "rew", "next", "term", "trunc", "ep")}
+    episode = 0
+    obs, _ = env.reset(seed=seed)
+    noise = 0.5
+    while len(rows["obs"]) < steps:
+        if rng.random() < 0.3:
+            action = rng.uniform(-3, 3, size=1)
+        else:
+            action = np.clip([obs @ np.array([1.0, 5.0, 1.0, 1.0]) + rng.normal(0, noise)], -3, 3)
+        next_obs, reward, term, trunc, _ = env.step(action.astype(np.float32))
+        for key, value in zip(
+            rows, (obs, action, reward, next_obs, term, trunc, episode), strict=True
+        ):
+            rows[key].append(value)
+        obs = next_obs
+        if term or trunc:
+            episode += 1
+            noise = rng.choice([0.2, 1.0, 2.0])
+            obs, _ = env.reset()
+    env.close()
+    return Dataset(
+        observations=np.array(rows["obs"], np.float32),
+        actions=np.array(rows["act"], np.float32),
+        rewards=np.array(rows["rew"], np.float32),
+        next_observations=np.array(rows["next"], np.float32),
+        terminals=np.array(rows["term"]),
+        timeouts=np.array(rows["trunc"]),
+        episode_ids=np.array(rows["ep"]),
+        env_id="InvertedPendulum-v5",
+    )
+
+
+def test_mujoco_ensemble_beats_mean_delta_tenfold():
+    train = collect_inverted_pendulum(0, 5000)
+    test = collect_inverted_pendulum(1, 1000)
+    torch.manual_seed(0)
+    model = DynamicsEnsemble(4, 1, [64, 64], 3, False, "swish", False)
+    cfg = dataclasses.replace(BASE_CFG, epochs=25, holdout_by="trajectory", patience=5)
+    fit_ensemble(model, train, cfg, 0, CPU, progress=False)
+    with torch.no_grad():
+        pred = model.predict(torch.tensor(test.observations), torch.tensor(test.actions))
+    model_mse = ((pred.next_obs_mean.mean(0).numpy() - test.next_observations) ** 2).mean()
+    mean_delta = (train.next_observations - train.observations).mean(axis=0)
+    baseline_mse = ((test.observations + mean_delta - test.next_observations) ** 2).mean()
+    assert model_mse * 10 < baseline_mse
+
+
+def test_holdout_by_trajectory_never_splits_an_episode():
+    lengths = np.random.default_rng(0).integers(1, 40, size=60)
+    episode_ids = np.repeat(np.arange(60), lengths)
+    for seed in range(5):
+        train, hold = split_holdout(
+            episode_ids, 0.25, "trajectory", torch.Generator().manual_seed(seed)
+        )
+        assert not set(episode_ids[train]) & set(episode_ids[hold])
+        assert sorted(np.concatenate([train, hold])) == list(range(len(episode_ids)))
+        assert 0.25 * len(episode_ids) <= len(hold) < 0.25 * len(episode_ids) + lengths.max()
+
+
+def test_holdout_by_transition_and_errors():
+    ids = np.arange(100) // 10
+    train, hold = split_holdout(ids, 0.3, "transition", torch.Generator().manual_seed(0))
+    assert len(hold) == 30 and len(train) == 70 and not set(train) & set(hold)
+    _, hold_again = split_holdout(ids, 0.3, "transition", torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(hold, hold_again)
+    with pytest.raises(OmbrlError, match="holdout_by"):
+        split_holdout(ids, 0.3, "episode", torch.Generator())
+    with pytest.raises(OmbrlError, match="2 episodes"):
+        split_holdout(np.zeros(10, int), 0.3, "trajectory", torch.Generator())
+
+
+def test_normalizers_come_from_the_training_split_only():
+    obs, act, next_obs, _ = linear_system(4, 1000)
+    episode_ids = np.arange(1000) // 100
+    obs = obs + episode_ids[:, None]  # episodes differ, so the split changes the statistics
+    data = make_dataset(obs, act, next_obs, episode_ids=episode_ids)
+    model = make_model()
+    cfg = dataclasses.replace(BASE_CFG, epochs=1, holdout_by="trajectory", normalization="mad")
+    result = fit_ensemble(model, data, cfg, 0, CPU, progress=False)
+    train = np.setdiff1d(np.arange(1000), result.holdout_indices)
+    inputs = np.concatenate([obs, act], axis=1)[train]
+    mad = np.abs(inputs - inputs.mean(0)).mean(0)
+    np.testing.assert_allclose(model.input_mean.numpy(), inputs.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.input_std.numpy(), mad, rtol=1e-5)
+    assert np.abs(model.input_mean.numpy()[:3] - obs.mean(0)).max() > 0.1
+
+
+def test_early_stopping_restores_best_snapshots_and_picks_elites():
+    rng = np.random.default_rng(5)
+    obs, act = rng.normal(size=(600, 3)), rng.normal(size=(600, 2))
+    next_obs = obs + rng.normal(size=(600, 3))  # pure noise: holdout MSE cannot keep improving
+    model = make_model(members=4, hidden=[128, 128])
+    cfg = dataclasses.replace(BASE_CFG, epochs=200, batch_size=32, patience=3, num_elites=2)
+    seen: list[dict] = []
+    result = fit_ensemble(
+        model, make_dataset(obs, act, next_obs), cfg, 0, CPU, on_epoch=seen.append, progress=False
+    )
+    assert result.epochs_run < 50
+    assert seen == result.history and len(seen) == result.epochs_run
+    last = result.history[-1]
+    # No member improved by > 1% in the last `patience` epochs.
+    assert all(last[f"holdout_mse_m{m}"] > 0.99 * result.holdout_mse[m] for m in range(4))
+    assert all(result.epochs_run - epoch >= 3 for epoch in result.best_epoch)
+
+    # Recompute each restored member's holdout MSE independently, in normalised units.
+    hold = result.holdout_indices
+    with torch.no_grad():
+        pred = model.predict(torch.tensor(obs[hold]), torch.tensor(act[hold]))
+    err = (pred.next_obs_mean - torch.tensor(next_obs[hold])) / model.target_std
+    mse = err.square().mean(dim=(1, 2)).numpy()
+    np.testing.assert_allclose(mse, result.holdout_mse, rtol=1e-4)
+    for m, epoch in enumerate(result.best_epoch):
+        assert result.history[epoch - 1][f"holdout_mse_m{m}"] == pytest.approx(mse[m], rel=1e-4)
+    assert result.elites == list(np.argsort(mse)[:2]) == model.elites
+
+
+def test_bootstrap_indices_differ_per_member():
+    g = torch.Generator().manual_seed(0)
+    base = bootstrap_indices(5, 400, g)
+    assert base.shape == (5, 400) and 0 <= base.min() and base.max() < 400
+    assert all(not torch.equal(base[0], base[m]) for m in range(1, 5))
+    assert all(len(torch.unique(row)) < 400 for row in base)  # drawn with replacement
+    order = epoch_order(base, 400, g)
+    assert torch.equal(order.sort(dim=1).values, base.sort(dim=1).values)
+    assert not torch.equal(order, base)
+    shared = epoch_order(None, 400, g)
+    assert shared.shape == (1, 400) and torch.equal(shared.sort().values[0], torch.arange(400))
+
+
+@pytest.mark.parametrize("bootstrap", [False, True])
+def test_identical_members_stay_identical_only_with_shared_batches(bootstrap):
+    obs, act, next_obs, _ = linear_system(6, 500)
+    model = make_model(members=3, hidden=[32])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p[:1].clone().expand_as(p))
+    cfg = dataclasses.replace(BASE_CFG, epochs=3, bootstrap=bootstrap)
+    fit_ensemble(model, make_dataset(obs, act, next_obs), cfg, 0, CPU, progress=False)
+    weight = model.head.weight
+    same = torch.allclose(weight[0], weight[1], atol=1e-6)
+    assert same != bootstrap
+
+
+def test_same_seed_same_result_and_different_seed_differs():
+    obs, act, next_obs, _ = linear_system(7, 600)
+    data = make_dataset(obs, act, next_obs)
+    cfg = dataclasses.replace(
+        BASE_CFG, epochs=4, bootstrap=True, scheduler_gamma=0.9, grad_clip=1.0, weight_decay=1e-4
+    )
+    runs = []
+    for seed in (3, 3, 4):
+        model = make_model(probabilistic=True)
+        result = fit_ensemble(model, data, cfg, seed, CPU, progress=False)
+        history = [{k: v for k, v in row.items() if k != "seconds"} for row in result.history]
+        runs.append((model.state_dict(), history, result.elites))
+    (s1, h1, e1), (s2, h2, e2), (s3, h3, _) = runs
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert h1 == h2 and e1 == e2
+    assert h1 != h3 and not torch.equal(s1["head.weight"], s3["head.weight"])
+    assert h1[1]["lr"] == pytest.approx(h1[0]["lr"] * 0.9)
+
+
+def test_probabilistic_history_has_nll_columns():
+    obs, act, next_obs, _ = linear_system(8, 300)
+    model = make_model(probabilistic=True, members=2)
+    cfg = dataclasses.replace(BASE_CFG, epochs=2, num_elites=1)
+    result = fit_ensemble(model, make_dataset(obs, act, next_obs), cfg, 0, CPU, progress=False)
+    row = result.history[0]
+    for key in ("train_nll", "holdout_nll", "holdout_nll_m1", "holdout_mse_ensemble"):
+        assert np.isfinite(row[key])
+    assert len(result.elites) == 1
+
+
+def test_clip_grad_norm_per_member_leaves_small_gradients_alone():
+    p = torch.nn.Parameter(torch.zeros(3, 2, 2))
+    q = torch.nn.Parameter(torch.zeros(3, 1, 2))
+    p.grad = torch.tensor([[[3.0, 0], [0, 0]], [[0.1, 0], [0, 0]], [[0, 0], [0, 0]]])
+    q.grad = torch.tensor([[[4.0, 0]], [[0.0, 0]], [[0, 1.0]]])
+    clip_grad_norm_per_member([p, q], 1.0)
+    norms = (p.grad.square().sum(dim=(1, 2)) + q.grad.square().sum(dim=(1, 2))).sqrt()
+    np.testing.assert_allclose(norms.numpy(), [1.0, 0.1, 1.0], rtol=1e-5)
+    assert p.grad[0, 0, 0] / q.grad[0, 0, 0] == pytest.approx(0.75)  # direction kept
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"holdout_by": "episode"}, "holdout_by"),
+        ({"weight_decay": [1e-4, 1e-4]}, "weight_decay"),
+        ({"num_elites": 4}, "num_elites"),
+        ({"holdout_ratio": 1.0}, "holdout_ratio"),
+        ({"normalization": "minmax"}, "normalization"),
+    ],
+)
+def test_bad_config_raises_ombrl_error(change, match):
+    obs, act, next_obs, _ = linear_system(9, 100)
+    with pytest.raises(OmbrlError, match=match):
+        fit_ensemble(
+            make_model(),
+            make_dataset(obs, act, next_obs),
+            dataclasses.replace(BASE_CFG, **change),
+            0,
+            CPU,
+            progress=False,
+        )
