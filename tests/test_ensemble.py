@@ -11,16 +11,6 @@ from ombrl.models.ensemble import DynamicsEnsemble, EnsembleLinear
 OBS, ACT, E, B = 5, 2, 4, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models run as fast on one thread, and two threads slow ~10x when the 2 cores
-    are shared with other processes (OpenMP threads wait on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make(probabilistic: bool, reward: bool = True, hidden=(32, 32)) -> DynamicsEnsemble:
     torch.manual_seed(0)
     return DynamicsEnsemble(OBS, ACT, list(hidden), E, probabilistic, "swish", reward)

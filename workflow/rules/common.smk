@@ -7,7 +7,7 @@ from ombrl.config import load_study
 from ombrl.errors import OmbrlError
 
 try:
-    STUDY = load_study(config, source=", ".join(workflow.configfiles) or "config")
+    STUDY = load_study(config, source=", ".join(map(str, workflow.configfiles)) or "config")
 except OmbrlError as error:
     sys.exit(f"ombrl: error: {error}".replace("\n", "\nombrl: error: "))
 

@@ -1,0 +1,264 @@
+"""The policy stage: train one policy in one offline mode, evaluating as it goes.
+
+Modes of this milestone:
+- `bc`: behaviour cloning on the dataset.
+- `aleatoric-penalty` (MOPO): SAC on h-step model rollouts from dataset states, with reward
+  `r - lambda * u` (u aleatoric), mixed with real transitions at `real_ratio`. Every
+  `rollout_every` updates a new round of `rollout_batch` rollouts enters a model buffer that
+  keeps the last `model_retain_epochs` rounds.
+
+All randomness derives from `seed` (weights, batches, rollouts, policy noise); evaluation uses
+its own fixed seeds. Same seed and thread count give identical numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ombrl.agents.bc import BC, BCConfig
+from ombrl.agents.buffer import Batch, ReplayBuffer
+from ombrl.agents.sac import SAC, SACConfig
+from ombrl.data.dataset import Dataset
+from ombrl.errors import OmbrlError
+from ombrl.evaluate import evaluate
+from ombrl.models.ensemble import DynamicsEnsemble
+from ombrl.models.model_env import UNCERTAINTY_KINDS, rollout
+from ombrl.tasks import get_task
+
+#: Offline mode -> the `$defs` entry of the config schema that holds its parameters.
+MODE_SECTIONS = {"bc": "bc", "aleatoric-penalty": "aleatoric_penalty"}
+#: Mode parameters that select inputs rather than configure training.
+_INPUT_KEYS = {"ensemble"}
+
+
+@dataclass
+class RolloutConfig:
+    """Model rollouts and pessimism of the `aleatoric-penalty` mode (MOPO)."""
+
+    penalty_lambda: float  # lambda in r - lambda * u
+    uncertainty: str  # max_norm (MOPO) | max_var (offline-model-based-rl)
+    rollout_length: int  # h, model steps per rollout
+    rollout_batch: int  # start states (dataset states) per rollout round
+    rollout_every: int  # updates between rollout rounds
+    model_retain_epochs: int  # rollout rounds kept in the model buffer
+    real_ratio: float  # share of real transitions in each batch
+
+
+@dataclass
+class PolicyConfig:
+    """Everything `train_policy` needs besides data, model, seed and evaluation."""
+
+    steps: int  # gradient updates
+    agent: SACConfig | BCConfig  # the learner's hyperparameters
+    rollout: RolloutConfig | None  # model rollouts; None for model-free modes (bc)
+
+
+def policy_config(mode: str, params: Mapping) -> PolicyConfig:
+    """Build a `PolicyConfig` from one validated `modes.<mode>` entry of a study config.
+
+    Args:
+        mode: "bc" or "aleatoric-penalty".
+        params: that mode's keys (schema vocabulary); `ensemble` (an input, not a setting)
+            is ignored.
+
+    Raises:
+        OmbrlError: an unknown mode, or a missing or unknown key.
+    """
+    _check_mode(mode)
+    agent_cls = BCConfig if mode == "bc" else SACConfig
+    parts = [agent_cls] if mode == "bc" else [agent_cls, RolloutConfig]
+    known = {"steps"} | {f.name for cls in parts for f in fields(cls)}
+    given = set(params) - _INPUT_KEYS
+    if missing := sorted(known - given):
+        raise OmbrlError(f"mode {mode}: missing parameters {', '.join(missing)}")
+    if unknown := sorted(given - known):
+        raise OmbrlError(f"mode {mode}: unknown parameters {', '.join(unknown)}")
+
+    def build(cls):
+        return cls(**{f.name: params[f.name] for f in fields(cls)})
+
+    rollout_cfg = build(RolloutConfig) if mode != "bc" else None
+    if rollout_cfg is not None and rollout_cfg.uncertainty not in UNCERTAINTY_KINDS:
+        raise OmbrlError(
+            f"uncertainty: {rollout_cfg.uncertainty!r} is not one of {', '.join(UNCERTAINTY_KINDS)}"
+        )
+    return PolicyConfig(steps=int(params["steps"]), agent=build(agent_cls), rollout=rollout_cfg)
+
+
+def make_agent(
+    mode: str, cfg: PolicyConfig, env_id: str, device: torch.device, seed: int
+) -> SAC | BC:
+    """A fresh learner for `mode`, its actions bounded as the environment's are.
+
+    Args:
+        mode: "bc" or "aleatoric-penalty".
+        cfg: the mode's config (its `agent` must match the mode).
+        env_id: gymnasium id whose action space sets the bounds.
+        device: where the networks live.
+        seed: seeds the initial weights and policy noise.
+    """
+    _check_mode(mode)
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as err:
+        raise OmbrlError(f"env: cannot make {env_id!r} ({err})") from err
+    space = env.observation_space, env.action_space
+    env.close()
+    obs_dim, act_dim = space[0].shape[0], space[1].shape[0]
+    low, high = space[1].low, space[1].high
+    if mode == "bc":
+        if not isinstance(cfg.agent, BCConfig):
+            raise OmbrlError("mode bc needs a BCConfig")
+        return BC(obs_dim, act_dim, low, high, cfg.agent, device, seed)
+    if not isinstance(cfg.agent, SACConfig) or cfg.rollout is None:
+        raise OmbrlError(f"mode {mode} needs a SACConfig and a RolloutConfig")
+    return SAC(obs_dim, act_dim, low, high, cfg.agent, device, seed)
+
+
+def train_policy(
+    mode: str,
+    dataset: Dataset,
+    ensemble: DynamicsEnsemble | None,
+    cfg: PolicyConfig | Mapping,
+    seed: int,
+    device: torch.device | str,
+    eval_every: int,
+    eval_episodes: int,
+    on_eval: Callable[[dict], None],
+    progress: bool,
+    eval_seed: int,
+) -> SAC | BC:
+    """Train a policy offline and evaluate it in the real environment along the way.
+
+    Args:
+        mode: "bc" or "aleatoric-penalty".
+        dataset: the offline data (policies are evaluated in `dataset.env_id`).
+        ensemble: the trained dynamics model (model-based modes), on `device`; else None.
+        cfg: a `PolicyConfig`, or the mode's parameter dict (see `policy_config`).
+        seed: the job's seed; every training random number derives from it.
+        device: "cpu", "cuda" or a torch.device.
+        eval_every: updates between evaluations.
+        eval_episodes: episodes per evaluation.
+        on_eval: called with {"step", "return", "return_std", <mean update metrics since the
+            last evaluation>, <statistics of the last rollout round>} at step 0, every
+            `eval_every` updates and after the last update.
+        progress: show a tqdm bar.
+        eval_seed: episode i of every evaluation is reset with `eval_seed + i`.
+
+    Returns:
+        The trained agent (SAC or BC).
+
+    Raises:
+        OmbrlError: an unknown mode, a model-based mode without an ensemble, bad settings.
+    """
+    if not isinstance(cfg, PolicyConfig):
+        cfg = policy_config(mode, cfg)
+    if eval_every < 1:
+        raise OmbrlError(f"eval_every: {eval_every} must be at least 1")
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
+    agent = make_agent(mode, cfg, dataset.env_id, device, seed)
+    if (agent.obs_dim, agent.act_dim) != (dataset.obs_dim, dataset.act_dim):
+        raise OmbrlError(
+            f"dataset dimensions ({dataset.obs_dim}, {dataset.act_dim}) do not match "
+            f"{dataset.env_id}'s ({agent.obs_dim}, {agent.act_dim})"
+        )
+    real = ReplayBuffer.from_dataset(dataset, device)
+    sampler = _batch_sampler(mode, dataset, ensemble, cfg, agent, real, generator, device)
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        returns = evaluate(
+            lambda obs: agent.act(obs, deterministic=True), dataset.env_id, eval_episodes, eval_seed
+        )
+        record = {
+            "step": step,
+            "return": float(np.mean(returns)),
+            "return_std": float(np.std(returns)),
+        }
+        record.update(metrics)
+        on_eval(record)
+        bar.set_postfix({"return": f"{record['return']:.1f}"})
+
+    with tqdm(total=cfg.steps, disable=not progress, desc=f"{mode} seed {seed}") as bar:
+        report(0, {})
+        totals: dict[str, float] = {}
+        count = 0
+        for step in range(1, cfg.steps + 1):
+            batch, rollout_stats = sampler(step - 1)
+            for key, value in agent.update(batch).items():
+                totals[key] = totals.get(key, 0.0) + value
+            count += 1
+            bar.update()
+            if step % eval_every == 0 or step == cfg.steps:
+                report(step, {**{k: v / count for k, v in totals.items()}, **rollout_stats})
+                totals, count = {}, 0
+    return agent
+
+
+def _batch_sampler(
+    mode: str,
+    dataset: Dataset,
+    ensemble: DynamicsEnsemble | None,
+    cfg: PolicyConfig,
+    agent: SAC | BC,
+    real: ReplayBuffer,
+    generator: torch.Generator,
+    device: torch.device,
+) -> Callable[[int], tuple[Batch, dict[str, float]]]:
+    """`update index -> (training batch, last rollout statistics)` for the mode."""
+    batch_size = cfg.agent.batch_size
+    if mode == "bc":
+        return lambda _: (real.sample(batch_size, generator), {})
+    if ensemble is None:
+        raise OmbrlError(f"mode {mode} needs a trained ensemble")
+    if ensemble.obs_dim != dataset.obs_dim or ensemble.act_dim != dataset.act_dim:
+        raise OmbrlError(
+            f"ensemble dimensions ({ensemble.obs_dim}, {ensemble.act_dim}) do not match the "
+            f"dataset's ({dataset.obs_dim}, {dataset.act_dim})"
+        )
+    task = get_task(dataset.env_id)
+    rc = cfg.rollout
+    capacity = rc.model_retain_epochs * rc.rollout_batch * rc.rollout_length
+    model = ReplayBuffer(capacity, dataset.obs_dim, dataset.act_dim, device)
+    num_real = int(round(batch_size * rc.real_ratio))
+    stats: dict[str, float] = {}
+
+    def sample(update: int) -> tuple[Batch, dict[str, float]]:
+        if update % rc.rollout_every == 0:
+            start = real.obs[
+                torch.randint(len(real), (rc.rollout_batch,), generator=generator, device=device)
+            ]
+            transitions, new_stats = rollout(
+                ensemble.predict,
+                ensemble.elites,
+                lambda obs: agent.policy(obs, deterministic=False),
+                start,
+                rc.rollout_length,
+                task.reward,
+                task.terminal,
+                rc.penalty_lambda,
+                rc.uncertainty,
+                generator,
+            )
+            model.add(transitions)
+            stats.update(new_stats)
+        if len(model) == 0:  # every model transition so far was non-finite
+            return real.sample(batch_size, generator), stats
+        parts = [real.sample(num_real, generator)] if num_real else []
+        if batch_size > num_real:
+            parts.append(model.sample(batch_size - num_real, generator))
+        return Batch.cat(parts), stats
+
+    return sample
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODE_SECTIONS:
+        raise OmbrlError(f"mode: {mode!r} is not one of {', '.join(MODE_SECTIONS)}")

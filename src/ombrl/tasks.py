@@ -1,0 +1,193 @@
+"""Per-environment reward and termination functions, as batched torch code.
+
+Model rollouts need the reward and the end of an episode for states the simulator never
+visited, so each supported environment family gets the formulas its gymnasium source uses,
+written for batches: `reward(s, a, s') -> B` and `terminal(s, a, s') -> B bool`.
+
+The locomotion tasks pay the finite-difference x-velocity over the step, but x is not in the
+observation; the mean of the velocity at s and at s' approximates it 10-20x better than the
+velocity at s' alone. Versions differ where gymnasium's do: `-v4` pays the healthy bonus (and
+InvertedPendulum its 1) on the terminating step too, `-v5` does not.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from ombrl.errors import OmbrlError
+
+RewardFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+TerminalFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a learned MDP needs from the real one.
+
+    Attributes:
+        name: family name, e.g. "hopper".
+        env_id: the gymnasium id to evaluate in, e.g. "Hopper-v4".
+        obs_dim: observation size.
+        act_dim: action size.
+        action_low: lower action bound (the same for every dimension).
+        action_high: upper action bound.
+        reward: `(obs B x obs, act B x act, next_obs B x obs) -> B` float reward.
+        terminal: `(obs, act, next_obs) -> B` bool, true when the episode ends (no bootstrap).
+    """
+
+    name: str
+    env_id: str
+    obs_dim: int
+    act_dim: int
+    action_low: float
+    action_high: float
+    reward: RewardFn
+    terminal: TerminalFn
+
+
+def _not_finite(x: Tensor) -> Tensor:
+    return ~torch.isfinite(x).all(dim=-1)
+
+
+def _pendulum_terminal(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
+    return _not_finite(next_obs) | (next_obs[:, 1].abs() > 0.2)
+
+
+def _pendulum_reward(obs: Tensor, act: Tensor, next_obs: Tensor, paid_on_terminal: bool) -> Tensor:
+    if paid_on_terminal:
+        return torch.ones(next_obs.shape[0], dtype=next_obs.dtype, device=next_obs.device)
+    return (~_pendulum_terminal(obs, act, next_obs)).to(next_obs.dtype)
+
+
+def _hopper_terminal(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
+    height, angle = next_obs[:, 0], next_obs[:, 1]
+    healthy = (height > 0.7) & (angle.abs() < 0.2) & (next_obs[:, 1:].abs() < 100.0).all(dim=-1)
+    return ~healthy | _not_finite(next_obs)
+
+
+def _walker_terminal(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
+    height, angle = next_obs[:, 0], next_obs[:, 1]
+    healthy = (height > 0.8) & (height < 2.0) & (angle.abs() < 1.0)
+    return ~healthy | _not_finite(next_obs)
+
+
+def _never_terminal(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
+    return torch.zeros(next_obs.shape[0], dtype=torch.bool, device=next_obs.device)
+
+
+def _locomotion_reward(
+    obs: Tensor,
+    act: Tensor,
+    next_obs: Tensor,
+    velocity_index: int,
+    ctrl_cost: float,
+    terminal: TerminalFn | None,
+    bonus_on_terminal: bool,
+) -> Tensor:
+    """`v - ctrl_cost |a|^2` (+ 1 while healthy when `terminal` is given)."""
+    velocity = 0.5 * (obs[:, velocity_index] + next_obs[:, velocity_index])
+    reward = velocity - ctrl_cost * act.square().sum(dim=-1)
+    if terminal is not None:
+        if bonus_on_terminal:
+            reward = reward + 1.0
+        else:
+            reward = reward + (~terminal(obs, act, next_obs)).to(reward.dtype)
+    return reward
+
+
+@dataclass(frozen=True)
+class _Family:
+    name: str
+    obs_dim: int
+    act_dim: int
+    action_bound: float
+    make_reward: Callable[[bool], RewardFn]  # argument: paid on the terminating step (-v4)
+    terminal: TerminalFn
+
+
+_FAMILIES = {
+    "InvertedPendulum": _Family(
+        "inverted_pendulum",
+        4,
+        1,
+        3.0,
+        lambda v4: partial(_pendulum_reward, paid_on_terminal=v4),
+        _pendulum_terminal,
+    ),
+    "Hopper": _Family(
+        "hopper",
+        11,
+        3,
+        1.0,
+        lambda v4: partial(
+            _locomotion_reward,
+            velocity_index=5,
+            ctrl_cost=1e-3,
+            terminal=_hopper_terminal,
+            bonus_on_terminal=v4,
+        ),
+        _hopper_terminal,
+    ),
+    "Walker2d": _Family(
+        "walker2d",
+        17,
+        6,
+        1.0,
+        lambda v4: partial(
+            _locomotion_reward,
+            velocity_index=8,
+            ctrl_cost=1e-3,
+            terminal=_walker_terminal,
+            bonus_on_terminal=v4,
+        ),
+        _walker_terminal,
+    ),
+    "HalfCheetah": _Family(
+        "halfcheetah",
+        17,
+        6,
+        1.0,
+        lambda v4: partial(
+            _locomotion_reward,
+            velocity_index=8,
+            ctrl_cost=0.1,
+            terminal=None,
+            bonus_on_terminal=False,
+        ),
+        _never_terminal,
+    ),
+}
+
+
+def get_task(env_id: str) -> Task:
+    """The task functions of a gymnasium MuJoCo id.
+
+    Args:
+        env_id: "{Family}-v4" or "{Family}-v5", Family one of InvertedPendulum, Hopper,
+            Walker2d, HalfCheetah.
+
+    Raises:
+        OmbrlError: an unknown family or version.
+    """
+    match = re.fullmatch(r"(\w+)-v([45])", env_id)
+    family = _FAMILIES.get(match.group(1)) if match else None
+    if family is None:
+        known = ", ".join(f"{name}-v4/-v5" for name in _FAMILIES)
+        raise OmbrlError(f"env: {env_id!r} has no task functions (known: {known})")
+    v4 = match.group(2) == "4"
+    return Task(
+        name=family.name,
+        env_id=env_id,
+        obs_dim=family.obs_dim,
+        act_dim=family.act_dim,
+        action_low=-family.action_bound,
+        action_high=family.action_bound,
+        reward=family.make_reward(v4),
+        terminal=family.terminal,
+    )

@@ -1,0 +1,189 @@
+"""The policy training loop and evaluation, on a tiny InvertedPendulum-v5 dataset."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from ombrl.agents.bc import BC, BCConfig
+from ombrl.agents.sac import SAC, SACConfig
+from ombrl.config import SCHEMA, validate
+from ombrl.data.dataset import Dataset
+from ombrl.errors import OmbrlError
+from ombrl.evaluate import evaluate
+from ombrl.models.ensemble import DynamicsEnsemble
+from ombrl.policies import MODE_SECTIONS, PolicyConfig, RolloutConfig, policy_config, train_policy
+
+ENV = "InvertedPendulum-v5"
+GAIN = np.array([2.0, 10.0, 1.0, 1.0])  # a = K s balances InvertedPendulum-v5
+
+
+def collect(transitions: int) -> Dataset:
+    """A noisy balancing controller (even episodes) and random actions (odd ones)."""
+    env = gym.make(ENV)
+    rng = np.random.default_rng(0)
+    rows: dict[str, list] = {k: [] for k in ("obs", "act", "rew", "next", "term", "trunc", "ep")}
+    obs, _ = env.reset(seed=0)
+    episode, steps = 0, 0
+    for _ in range(transitions):
+        expert = episode % 2 == 0
+        act = np.clip(GAIN @ obs + rng.normal(0, 1.0), -3, 3) if expert else rng.uniform(-3, 3)
+        next_obs, rew, term, _, _ = env.step(np.array([act]))
+        steps += 1
+        trunc = steps == 100
+        for key, value in zip(rows, (obs, [act], rew, next_obs, term, trunc, episode), strict=True):
+            rows[key].append(value)
+        obs = next_obs
+        if term or trunc:
+            episode, steps = episode + 1, 0
+            obs, _ = env.reset(seed=episode)
+    env.close()
+    arr = {k: np.asarray(v) for k, v in rows.items()}
+    return Dataset(
+        observations=arr["obs"].astype(np.float32),
+        actions=arr["act"].astype(np.float32),
+        rewards=arr["rew"].astype(np.float32),
+        next_observations=arr["next"].astype(np.float32),
+        terminals=arr["term"],
+        timeouts=arr["trunc"],
+        episode_ids=arr["ep"].astype(np.int64),
+        env_id=ENV,
+    )
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Dataset:
+    return collect(1000)
+
+
+def tiny_ensemble(data: Dataset) -> DynamicsEnsemble:
+    """A 3-member probabilistic ensemble (untrained weights) normalised to the data."""
+    torch.manual_seed(0)
+    model = DynamicsEnsemble(4, 1, [16], 3, True, "swish", False)
+    inputs = torch.as_tensor(np.concatenate([data.observations, data.actions], 1))
+    delta = torch.as_tensor(data.next_observations - data.observations)
+    model.set_normalizers(inputs.mean(0), inputs.std(0), delta.mean(0), delta.std(0))
+    model.elites = [0, 2]
+    return model.eval()
+
+
+def mopo_config(steps: int) -> PolicyConfig:
+    return PolicyConfig(
+        steps=steps,
+        agent=SACConfig(
+            hidden_size=[32, 32], gamma=0.99, tau=0.005, lr=1e-3, batch_size=64, alpha=None
+        ),
+        rollout=RolloutConfig(
+            penalty_lambda=1.0,
+            uncertainty="max_norm",
+            rollout_length=3,
+            rollout_batch=200,
+            rollout_every=100,
+            model_retain_epochs=2,
+            real_ratio=0.25,
+        ),
+    )
+
+
+def run(mode, data, ensemble, cfg, seed=0, eval_every=120, episodes=2) -> tuple[object, list]:
+    records: list[dict] = []
+    agent = train_policy(
+        mode,
+        data,
+        ensemble,
+        cfg,
+        seed=seed,
+        device="cpu",
+        eval_every=eval_every,
+        eval_episodes=episodes,
+        on_eval=records.append,
+        progress=False,
+        eval_seed=1000,
+    )
+    return agent, records
+
+
+def test_aleatoric_penalty_loop_evaluates_on_schedule_and_is_reproducible(dataset) -> None:
+    model = tiny_ensemble(dataset)
+    agent, records = run("aleatoric-penalty", dataset, model, mopo_config(300))
+    assert isinstance(agent, SAC) and agent.step == 300
+    assert [r["step"] for r in records] == [0, 120, 240, 300]
+    assert set(records[0]) == {"step", "return", "return_std"}
+    for r in records[1:]:
+        assert {"critic_loss", "actor_loss", "alpha", "q_mean", "rollout_uncertainty"} <= set(r)
+        assert r["rollout_uncertainty"] > 0 and 0 < r["rollout_length"] <= 3
+        assert all(np.isfinite(v) for v in r.values())
+    _, again = run("aleatoric-penalty", dataset, model, mopo_config(300))
+    assert again == records
+    _, other = run("aleatoric-penalty", dataset, model, mopo_config(300), seed=1)
+    assert other[-1]["critic_loss"] != records[-1]["critic_loss"]
+
+
+def test_penalty_changes_training(dataset) -> None:
+    """lambda enters the rewards SAC learns from: a huge penalty drives Q far below zero."""
+    model = tiny_ensemble(dataset)
+    cfg = mopo_config(100)
+    _, plain = run("aleatoric-penalty", dataset, model, cfg, eval_every=100, episodes=1)
+    cfg.rollout.penalty_lambda = 100.0
+    _, harsh = run("aleatoric-penalty", dataset, model, cfg, eval_every=100, episodes=1)
+    assert harsh[-1]["rollout_reward"] < plain[-1]["rollout_reward"] - 10
+    assert harsh[-1]["q_mean"] < plain[-1]["q_mean"]
+
+
+def test_bc_loop_evaluates_at_start_every_interval_and_end(dataset) -> None:
+    cfg = PolicyConfig(steps=60, agent=BCConfig([32], 1e-3, 64), rollout=None)
+    agent, records = run("bc", dataset, None, cfg, eval_every=25)
+    assert isinstance(agent, BC)
+    assert [r["step"] for r in records] == [0, 25, 50, 60]
+    assert records[1]["bc_loss"] > records[3]["bc_loss"]
+
+
+def test_policy_config_accepts_the_schema_vocabulary() -> None:
+    """Every key of a schema-validated mode entry (defaults filled in) maps to a field."""
+    for mode, section in MODE_SECTIONS.items():
+        params = {"ensemble": "pnn"} if mode == "aleatoric-penalty" else {}
+        cfg = policy_config(mode, validate(params, "test", SCHEMA["$defs"][section]))
+        assert cfg.steps >= 1
+        assert isinstance(cfg.agent, BCConfig if mode == "bc" else SACConfig)
+        assert (cfg.rollout is None) == (mode == "bc")
+    with pytest.raises(OmbrlError, match="unknown parameters epochs"):
+        policy_config(
+            "bc", {"steps": 1, "batch_size": 1, "lr": 1.0, "hidden_size": [], "epochs": 3}
+        )
+    with pytest.raises(OmbrlError, match="missing parameters lr"):
+        policy_config("bc", {"steps": 1, "batch_size": 1, "hidden_size": []})
+
+
+def test_user_mistakes_are_reported(dataset) -> None:
+    cfg = mopo_config(10)
+    with pytest.raises(OmbrlError, match="mode: 'mopo'"):
+        run("mopo", dataset, None, cfg)
+    with pytest.raises(OmbrlError, match="needs a trained ensemble"):
+        run("aleatoric-penalty", dataset, None, cfg)
+    wrong = DynamicsEnsemble(3, 1, [8], 2, True, "swish", False)
+    with pytest.raises(OmbrlError, match="dimensions"):
+        run("aleatoric-penalty", dataset, wrong, cfg)
+    with pytest.raises(OmbrlError, match="BCConfig"):
+        run("bc", dataset, None, cfg)
+    bc = PolicyConfig(steps=1, agent=BCConfig([8], 1e-3, 8), rollout=None)
+    with pytest.raises(OmbrlError, match="Hopper-v5"):
+        run("bc", replace(dataset, env_id="Hopper-v5"), None, bc)
+    with pytest.raises(OmbrlError, match="Nope-v1"):
+        run("bc", replace(dataset, env_id="Nope-v1"), None, bc)
+
+
+def test_evaluate_is_seeded_and_batched_like_sequential_episodes() -> None:
+    def controller(obs: np.ndarray) -> np.ndarray:
+        return (obs @ GAIN)[:, None] * 0.3  # a weak controller: episodes of different lengths
+
+    batched = evaluate(controller, ENV, 4, seed=10)
+    sequential = [evaluate(controller, ENV, 1, seed=10 + i)[0] for i in range(4)]
+    assert batched == sequential
+    assert len(set(batched)) > 1  # seeds give different start states
+    assert evaluate(lambda o: (o @ GAIN)[:, None], ENV, 2, seed=0) == [1000.0, 1000.0]
+    with pytest.raises(OmbrlError, match="Nope-v1"):
+        evaluate(controller, "Nope-v1", 1, seed=0)

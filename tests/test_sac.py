@@ -1,0 +1,157 @@
+"""SAC: learning, bootstrapping, bounds, reproducibility and checkpoints."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from ombrl.agents.buffer import Batch, ReplayBuffer
+from ombrl.agents.sac import SAC, SACConfig
+from ombrl.errors import OmbrlError
+from ombrl.evaluate import evaluate
+from ombrl.io import load_model, save_model
+
+CPU = torch.device("cpu")
+
+
+def config(**overrides) -> SACConfig:
+    values = dict(hidden_size=[32, 32], gamma=0.99, tau=0.005, lr=1e-3, batch_size=64, alpha=None)
+    values.update(overrides)
+    return SACConfig(**values)
+
+
+def random_buffer(n: int = 1000, obs_dim: int = 3, act_dim: int = 2, seed: int = 0) -> ReplayBuffer:
+    g = torch.Generator().manual_seed(seed)
+    buffer = ReplayBuffer(n, obs_dim, act_dim, CPU)
+    buffer.add(
+        Batch(
+            torch.randn(n, obs_dim, generator=g),
+            torch.rand(n, act_dim, generator=g) * 2 - 1,
+            torch.randn(n, generator=g),
+            torch.randn(n, obs_dim, generator=g),
+            (torch.rand(n, generator=g) < 0.1).float(),
+        )
+    )
+    return buffer
+
+
+def train(agent: SAC, buffer: ReplayBuffer, updates: int, seed: int) -> list[dict[str, float]]:
+    g = torch.Generator().manual_seed(seed)
+    return [agent.update(buffer.sample(agent.cfg.batch_size, g)) for _ in range(updates)]
+
+
+def test_learns_inverted_pendulum_online() -> None:
+    """1000 updates on 1500 env steps: far above a random policy (which falls in ~3 steps)."""
+    env_id, steps, warmup = "InvertedPendulum-v5", 1500, 500
+    torch.manual_seed(0)
+    env = gym.make(env_id)
+    low, high = env.action_space.low, env.action_space.high
+    agent = SAC(4, 1, low, high, config(hidden_size=[64, 64], batch_size=128), CPU, seed=0)
+    buffer = ReplayBuffer(steps, 4, 1, CPU)
+    rng = np.random.default_rng(0)
+    sample_gen = torch.Generator().manual_seed(0)
+    obs, _ = env.reset(seed=0)
+    for t in range(steps):
+        act = rng.uniform(low, high) if t < warmup else agent.act(obs, deterministic=False)
+        next_obs, rew, term, trunc, _ = env.step(act)
+        buffer.add(
+            Batch(
+                *(torch.as_tensor(np.asarray(x, np.float32))[None] for x in (obs, act, rew)),
+                torch.as_tensor(next_obs, dtype=torch.float32)[None],
+                torch.tensor([float(term)]),
+            )
+        )
+        obs = next_obs if not (term or trunc) else env.reset()[0]
+        if t >= warmup:
+            agent.update(buffer.sample(128, sample_gen))
+    trained = np.mean(evaluate(lambda o: agent.act(o, deterministic=True), env_id, 5, 1000))
+    random = np.mean(evaluate(lambda o: rng.uniform(low, high, (len(o), 1)), env_id, 5, 1000))
+    assert trained > 25 and trained > 5 * random
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_terminal_transitions_do_not_bootstrap(terminal: bool) -> None:
+    """One transition (s, a, r=1, s'=s) repeated: Q -> 1 if terminal, toward 1/(1-gamma) if not."""
+    n = 64
+    buffer = ReplayBuffer(n, 2, 1, CPU)
+    buffer.add(
+        Batch(
+            torch.ones(n, 2),
+            torch.zeros(n, 1),
+            torch.ones(n),
+            torch.ones(n, 2),
+            torch.full((n,), float(terminal)),
+        )
+    )
+    agent = SAC(2, 1, -1.0, 1.0, config(gamma=0.9, tau=0.1, alpha=0.0), CPU, seed=0)
+    q = train(agent, buffer, 400, seed=0)[-1]["q_mean"]
+    if terminal:
+        assert q == pytest.approx(1.0, abs=0.05)
+    else:
+        assert q > 3.0
+
+
+def test_actions_respect_asymmetric_bounds() -> None:
+    low, high = np.array([-1.0, 0.0]), np.array([1.0, 5.0])
+    agent = SAC(3, 2, low, high, config(), CPU, seed=0)
+    obs = np.random.default_rng(0).normal(0, 100, (2000, 3))  # saturates the tanh
+    for deterministic in (True, False):
+        act = agent.act(obs, deterministic)
+        assert act.shape == (2000, 2)
+        assert (act >= low).all() and (act <= high).all()
+        assert act[:, 1].min() < 0.5 and act[:, 1].max() > 4.5
+    assert agent.act(obs[0], True).shape == (2,)
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers() -> None:
+    buffer = random_buffer()
+    runs = []
+    for seed in (3, 3, 4):
+        torch.manual_seed(123)  # the global RNG must not matter
+        agent = SAC(3, 2, -1.0, 1.0, config(), CPU, seed=seed)
+        metrics = train(agent, buffer, 30, seed=seed)
+        runs.append((metrics, agent.act(np.ones(3), deterministic=False)))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert runs[0][0][-1] != runs[2][0][-1]
+
+
+def test_learned_alpha_moves_fixed_alpha_stays() -> None:
+    buffer = random_buffer()
+    learned = train(SAC(3, 2, -1.0, 1.0, config(), CPU, seed=0), buffer, 50, seed=0)
+    fixed = train(SAC(3, 2, -1.0, 1.0, config(alpha=0.2), CPU, seed=0), buffer, 50, seed=0)
+    assert learned[0]["alpha"] == pytest.approx(1.0) and learned[-1]["alpha"] < 0.98
+    assert all(m["alpha"] == pytest.approx(0.2) for m in fixed)
+
+
+def test_checkpoint_round_trip_resumes_identically(tmp_path) -> None:
+    """Networks, optimiser state, step and RNG survive safetensors: the resumed agent
+    produces exactly the numbers the original would have."""
+    buffer = random_buffer()
+    original = SAC(3, 2, -1.0, 1.0, config(), CPU, seed=0)
+    train(original, buffer, 20, seed=0)
+    save_model(tmp_path, original.state_dict(), original.spec, name="policy")
+    tensors, spec = load_model(tmp_path, name="policy")
+    resumed = SAC(
+        spec["obs_dim"],
+        spec["act_dim"],
+        np.array(spec["action_low"]),
+        np.array(spec["action_high"]),
+        SACConfig(**spec["config"]),
+        CPU,
+        seed=99,
+    )
+    resumed.load_state_dict(tensors)
+    assert resumed.step == 20
+    assert train(resumed, buffer, 10, seed=1) == train(original, buffer, 10, seed=1)
+
+
+def test_loading_a_mismatched_state_is_a_user_error() -> None:
+    small = SAC(3, 2, -1.0, 1.0, config(), CPU, seed=0)
+    wide = SAC(3, 2, -1.0, 1.0, config(hidden_size=[64, 64]), CPU, seed=0)
+    with pytest.raises(OmbrlError, match="does not match the actor"):
+        wide.load_state_dict(small.state_dict())
+    with pytest.raises(OmbrlError, match="missing"):
+        small.load_state_dict({k: v for k, v in small.state_dict().items() if k != "log_alpha"})
