@@ -28,7 +28,7 @@ class CsvLog:
     def write(self, path: Path) -> None:
         columns = list(dict.fromkeys(key for row in self.rows for key in row))
         with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
+            writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
             writer.writeheader()
             writer.writerows(self.rows)
 

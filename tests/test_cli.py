@@ -1,0 +1,228 @@
+"""The `ombrl` command as a user meets it: real subprocesses, real files, one-line errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+OMBRL = str(Path(sys.executable).parent / "ombrl")
+TINY_ENSEMBLE = ["num_models=3", "num_elites=2", "hidden_size=32,32", "fit_epochs=2"]
+
+
+def ombrl(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([OMBRL, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("ombrl: error: ")
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "pendulum.hdf5"
+    result = ombrl(
+        "collect",
+        "--env",
+        "InvertedPendulum-v5",
+        "--policy",
+        "medium",
+        "--transitions",
+        "1200",
+        "--seed",
+        "3",
+        "--output",
+        str(path),
+    )
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def test_inspect_prints_a_json_summary(dataset):
+    result = ombrl("dataset", "inspect", str(dataset))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["transitions"] == 1200
+    assert (summary["obs_dim"], summary["act_dim"]) == (4, 1)
+    assert summary["ref_max_score"] > summary["ref_min_score"]
+    assert summary["return_min"] <= summary["return_mean"] <= summary["return_max"]
+
+
+def test_same_seed_same_numbers_and_a_new_seed_differs(dataset, tmp_path):
+    def train(name: str, seed: str) -> Path:
+        out = tmp_path / name
+        result = ombrl(
+            "train-ensemble",
+            "--dataset",
+            str(dataset),
+            "--config",
+            "config/ensembles/pnn.yaml",
+            "--params",
+            *TINY_ENSEMBLE,
+            "--seed",
+            seed,
+            "--output",
+            str(out / "ensemble"),
+            "--quiet",
+        )
+        assert result.returncode == 0, result.stderr
+        result = ombrl(
+            "train-policy",
+            "--dataset",
+            str(dataset),
+            "--mode",
+            "aleatoric-penalty",
+            "--ensemble",
+            str(out / "ensemble"),
+            "--params",
+            "steps=60",
+            "hidden_size=32,32",
+            "rollout_batch=100",
+            "rollout_every=30",
+            "--eval-every",
+            "30",
+            "--eval-episodes",
+            "2",
+            "--seed",
+            seed,
+            "--output",
+            str(out / "policy"),
+            "--quiet",
+        )
+        assert result.returncode == 0, result.stderr
+        return out
+
+    first, again, other = train("a", "0"), train("b", "0"), train("c", "1")
+    for name in ("ensemble/model.safetensors", "policy/policy.safetensors"):
+        assert (first / name).read_bytes() == (again / name).read_bytes(), name
+        assert (first / name).read_bytes() != (other / name).read_bytes(), name
+    for name in ("ensemble/metrics.csv", "policy/progress.csv"):
+        numbers = [
+            pd.read_csv(run / name).drop(columns="seconds", errors="ignore")
+            for run in (first, again)
+        ]
+        pd.testing.assert_frame_equal(*numbers)
+    progress = pd.read_csv(first / "policy/progress.csv")
+    assert list(progress["step"]) == [0, 30, 60]
+    assert list(progress.columns[:6]) == [
+        "dataset",
+        "mode",
+        "seed",
+        "step",
+        "return",
+        "normalized_score",
+    ]
+    meta = json.loads((first / "ensemble/model.json").read_text())["meta"]
+    assert meta["seed"] == 0 and meta["config"]["hidden_size"] == [32, 32]
+    assert len(meta["dataset_checksum"]) == 64 and meta["code_version"].startswith("0.")
+
+
+def test_upstream_flag_spellings_and_list_overrides(dataset, tmp_path):
+    result = ombrl(
+        "train-ensemble",
+        "--dataset",
+        str(dataset),
+        "--config",
+        "config/ensembles/dnn.yaml",
+        "--params",
+        "fit_epochs=1",
+        "hidden_size=16,16",
+        "num_models=2",
+        "num_elites=2",
+        "--holdout_ratio",
+        "0.3",
+        "--csv",
+        str(tmp_path / "log.csv"),
+        "--output",
+        str(tmp_path / "model"),
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((tmp_path / "model/model.json").read_text())["meta"]
+    assert meta["config"]["holdout_ratio"] == 0.3
+    assert meta["config"]["hidden_size"] == [16, 16]
+    assert len(pd.read_csv(tmp_path / "log.csv")) == 1
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (
+            ["train-ensemble", "--dataset", "missing.hdf5", "--output", "x"],
+            ["missing.hdf5: no such dataset file"],
+        ),
+        (
+            ["train-ensemble", "--dataset", "hopper-superb-v2", "--output", "x"],
+            ["hopper-superb-v2"],
+        ),
+        (
+            ["train-ensemble", "--dataset", "d.hdf5", "--params", "hidden=3", "--output", "x"],
+            ["--params hidden: unknown key"],
+        ),
+        (
+            ["train-ensemble", "--dataset", "d.hdf5", "--params", "num_models=-1", "--output", "x"],
+            ["num_models: -1 is less than the minimum of 1"],
+        ),
+        (
+            ["train-policy", "--dataset", "d.hdf5", "--mode", "aleatoric-penalty", "--output", "x"],
+            ["--mode aleatoric-penalty needs --ensemble DIR"],
+        ),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(args, fragments, tmp_path):
+    result = ombrl(*args, cwd=tmp_path)
+    assert_user_error(result, *fragments)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_bad_study_config_lists_every_problem(tmp_path):
+    bad = tmp_path / "study.yaml"
+    bad.write_text(
+        (ROOT / "config/config.yaml")
+        .read_text()
+        .replace("seeds: [0, 1]", "seeds: [0, 1]\nfoo: 1")
+        .replace("steps: 5000", "steps: -5")
+    )
+    result = ombrl("check-config", str(bad))
+    assert_user_error(result, "foo: unknown key", "modes.bc.steps: -5 is less than the minimum")
+    assert len(result.stderr.splitlines()) == 2
+    assert ombrl("check-config", "config/config.yaml").returncode == 0
+
+
+def test_a_corrupted_model_is_a_clear_error_and_leaves_no_output(dataset, tmp_path):
+    model = tmp_path / "ensemble"
+    result = ombrl(
+        "train-ensemble",
+        "--dataset",
+        str(dataset),
+        "--params",
+        *TINY_ENSEMBLE,
+        "--output",
+        str(model),
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    blob = bytearray((model / "model.safetensors").read_bytes())
+    blob[-8:] = b"\x00" * 8
+    (model / "model.safetensors").write_bytes(bytes(blob))
+    result = ombrl(
+        "train-policy",
+        "--dataset",
+        str(dataset),
+        "--mode",
+        "aleatoric-penalty",
+        "--ensemble",
+        str(model),
+        "--output",
+        str(tmp_path / "policy"),
+        "--quiet",
+    )
+    assert_user_error(result, "model.safetensors")
+    assert not (tmp_path / "policy").exists()
