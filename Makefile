@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: study test lint clean-venv
+.PHONY: study test test-cluster lint clean-venv
 
 $(BIN)/ombrl: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,14 @@ study: $(BIN)/ombrl
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) results/figures/avg_return.pdf
 
 test: $(BIN)/ombrl
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m "not slurm"
+
+# Brings up a real one-node SLURM cluster (root, Debian: apt installs it), runs the SLURM
+# tests against it and stops it again, whatever the tests say.
+test-cluster: $(BIN)/ombrl
+	scripts/cluster-up.sh
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m slurm; status=$$?; \
+	scripts/cluster-down.sh; exit $$status
 
 lint: $(BIN)/ombrl
 	$(BIN)/ruff check src tests benchmarks

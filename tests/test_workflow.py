@@ -4,54 +4,22 @@ One module-scoped run of the whole DAG; the tests then check its outputs, that a
 run schedules nothing, and that a config change reruns exactly the stages it invalidates.
 """
 
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-COPIED = ["Snakefile", "workflow", "config", "envs", "notebooks", "profiles", ".test"]
+from study_runner import copy_workflow, scheduled, snakemake
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(workdir), "MPLBACKEND": "Agg"}
-    return subprocess.run(
-        [str(BIN / "snakemake"), "--cores", "2", *args],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-def scheduled(result: subprocess.CompletedProcess) -> dict[str, int]:
-    """Rule -> job count from a dry run's 'Job stats' table (empty when nothing is to do)."""
-    counts = {}
-    for line in result.stdout.splitlines():
-        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
-        if match and match.group(1) not in ("total", "all"):
-            counts[match.group(1)] = int(match.group(2))
-    return counts
+def run(workdir, *args):
+    return snakemake(workdir, "--cores", "2", *args)
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("study")
-    for name in COPIED:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, workdir / name, symlinks=True)
-        else:
-            shutil.copy2(source, workdir / name)
-    shutil.copy(workdir / ".test/config_tiny/config.yaml", workdir / "tiny.yaml")
-    result = snakemake(workdir, "--configfile", "tiny.yaml")
+    workdir = copy_workflow(tmp_path_factory.mktemp("study"))
+    result = run(workdir, "--configfile", "study.yaml")
     assert result.returncode == 0, result.stderr[-4000:]
     return workdir
 
@@ -78,25 +46,25 @@ def test_the_study_produces_scores_and_figure(study):
 
 
 def test_a_finished_study_schedules_nothing(study):
-    result = snakemake(study, "--configfile", "tiny.yaml", "--dry-run")
+    result = run(study, "--configfile", "study.yaml", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert scheduled(result) == {}
 
 
 def test_a_policy_parameter_reruns_only_policies_scores_and_figures(study):
-    changed = yaml.safe_load((study / "tiny.yaml").read_text())
+    changed = yaml.safe_load((study / "study.yaml").read_text())
     changed["modes"]["aleatoric-penalty"]["penalty_lambda"] = 2.5
     (study / "changed.yaml").write_text(yaml.safe_dump(changed))
-    result = snakemake(study, "--configfile", "changed.yaml", "--dry-run")
+    result = run(study, "--configfile", "changed.yaml", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert scheduled(result) == {"train_policy": 1, "scores": 1, "figure_avg_return": 1}
 
 
 def test_an_ensemble_parameter_reruns_the_ensemble_and_what_depends_on_it(study):
-    changed = yaml.safe_load((study / "tiny.yaml").read_text())
+    changed = yaml.safe_load((study / "study.yaml").read_text())
     changed["ensembles"]["tiny"]["params"]["fit_epochs"] = 4
     (study / "changed.yaml").write_text(yaml.safe_dump(changed))
-    result = snakemake(study, "--configfile", "changed.yaml", "--dry-run")
+    result = run(study, "--configfile", "changed.yaml", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert scheduled(result) == {
         "train_ensemble": 1,
@@ -107,11 +75,11 @@ def test_an_ensemble_parameter_reruns_the_ensemble_and_what_depends_on_it(study)
 
 
 def test_a_bad_config_stops_before_any_job_with_one_line_per_problem(study):
-    bad = yaml.safe_load((study / "tiny.yaml").read_text())
+    bad = yaml.safe_load((study / "study.yaml").read_text())
     bad["modes"]["bc"]["stepz"] = 1
     bad["datasets"]["tiny-random"]["transitions"] = "many"
     (study / "bad.yaml").write_text(yaml.safe_dump(bad))
-    result = snakemake(study, "--configfile", "bad.yaml", "--dry-run")
+    result = run(study, "--configfile", "bad.yaml", "--dry-run")
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("ombrl: error:")]
     assert len(errors) == 2, result.stderr
