@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-COPIED = ["Snakefile", "workflow", "config", "envs", "notebooks", "profiles", ".test"]
+COPIED = ["Snakefile", "workflow", "config", "envs", "notebooks", "profiles", ".test", "src"]
 
 
 def copy_workflow(workdir: Path, config: str = ".test/config_tiny/config.yaml") -> Path:
@@ -16,7 +16,8 @@ def copy_workflow(workdir: Path, config: str = ".test/config_tiny/config.yaml") 
     for name in COPIED:
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, workdir / name, symlinks=True)
+            ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+            shutil.copytree(source, workdir / name, symlinks=True, ignore=ignore)
         else:
             shutil.copy2(source, workdir / name)
     shutil.copy(ROOT / config, workdir / "study.yaml")
@@ -24,11 +25,16 @@ def copy_workflow(workdir: Path, config: str = ".test/config_tiny/config.yaml") 
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    """`snakemake ARGS` in `workdir` with only the project's venv and the system on PATH."""
+    """`snakemake ARGS` in `workdir` with only the project's venv and the system on PATH.
+
+    The library is imported from the copy's `src/` (PYTHONPATH comes before the editable
+    install), so a test can edit library code without touching the repository.
+    """
     env = {
         "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": str(workdir),
         "MPLBACKEND": "Agg",
+        "PYTHONPATH": str(workdir / "src"),
     }
     return subprocess.run(
         [str(BIN / "snakemake"), *args],

@@ -38,10 +38,25 @@ def setup(seed: int, threads: int) -> None:
     torch.manual_seed(seed)
 
 
-def code_version() -> str:
-    """Package version plus a hash of the library's source, recorded in every artefact."""
+def source_fingerprint(paths: list[str]) -> str:
+    """sha256 (12 hex digits) of library sources, given relative to the package folder.
+
+    A folder stands for every `.py` file below it. The workflow passes each rule the
+    fingerprint of the sources its stage uses, so editing one stage's code reruns its jobs
+    (Snakemake's parameter trigger) and no others.
+    """
     digest = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
-        digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
-        digest.update(path.read_bytes())
-    return f"{ombrl.__version__}+{digest.hexdigest()[:12]}"
+    for name in sorted(paths):
+        target = PACKAGE_DIR / name
+        if not target.exists():
+            raise OmbrlError(f"source_fingerprint: no {target}")
+        files = sorted(target.rglob("*.py")) if target.is_dir() else [target]
+        for path in files:
+            digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def code_version() -> str:
+    """Package version plus a hash of the whole library's source, recorded in every artefact."""
+    return f"{ombrl.__version__}+{source_fingerprint(['.'])}"

@@ -15,6 +15,8 @@ rule download_dataset:
         dataset=names_pattern(datasets_from("d4rl")),
     conda:
         "../../envs/ombrl.yaml"
+    params:
+        code=code("download"),
     shell:
         "ombrl dataset fetch {wildcards.dataset} --output {output} > {log} 2>&1"
 
@@ -29,6 +31,7 @@ rule collect_dataset:
     conda:
         "../../envs/ombrl.yaml"
     params:
+        code=code("collect"),
         spec=lambda w: DATASETS[w.dataset],
     shell:
         "ombrl collect --env {params.spec[env]} --policy {params.spec[policy]}"

@@ -14,6 +14,7 @@ rule train_ensemble:
         "../../envs/ombrl.yaml"
     threads: STUDY["threads"]
     params:
+        code=code("ensemble"),
         device=STUDY["device"],
         config=lambda w: as_params(STUDY["ensembles"][w.ensemble]),
         outdir=lambda w: ensemble_dir(w.dataset, w.ensemble, w.seed),

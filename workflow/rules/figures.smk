@@ -14,6 +14,8 @@ rule figure_avg_return:
         "logs/figures/avg_return.log",
     conda:
         "../../envs/figures.yaml"
+    params:
+        code=code("scores"),
     shell:
         "papermill {input.notebook} {output.notebook} -k python3 --no-progress-bar"
         " -p scores_csv {input.scores} -p output_pdf {output.figure} > {log} 2>&1"

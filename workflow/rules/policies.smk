@@ -14,6 +14,7 @@ rule train_policy:
         "../../envs/ombrl.yaml"
     threads: STUDY["threads"]
     params:
+        code=lambda w: code("policy", w.mode),
         device=STUDY["device"],
         flags=policy_flags,
         outdir=lambda w: policy_dir(w.dataset, w.mode, w.seed),

@@ -11,5 +11,7 @@ rule scores:
         "logs/scores.log",
     conda:
         "../../envs/ombrl.yaml"
+    params:
+        code=code("scores"),
     shell:
         "ombrl scores {input} --output {output.scores} --final {output.final} > {log} 2>&1"
