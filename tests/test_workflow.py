@@ -46,6 +46,19 @@ def test_the_study_produces_scores_and_figure(study):
     assert len(final) == 2
 
 
+def test_the_report_holds_the_figure_and_the_score_table(study):
+    result = run(study, "--configfile", "study.yaml", "--report", "results/report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (study / "results/report.html").read_text()
+    for name in (
+        "avg_return.pdf",
+        "final_scores.csv",
+        "Final normalized score",
+        "Normalized score",
+    ):
+        assert name in html, name
+
+
 def test_a_finished_study_schedules_nothing(study):
     result = run(study, "--configfile", "study.yaml", "--dry-run")
     assert result.returncode == 0, result.stderr

@@ -6,7 +6,11 @@ rule scores:
         policy_progress_files(),
     output:
         scores="results/scores.csv",
-        final="results/tables/final_scores.csv",
+        final=report(
+            "results/tables/final_scores.csv",
+            caption="../report/final_scores.rst",
+            category="Scores",
+        ),
     log:
         "logs/scores.log",
     conda:
