@@ -105,9 +105,7 @@ def test_a_failing_job_is_reported_and_retried(tmp_path):
     dataset.write_text("not an HDF5 file\n")
     target = "results/tiny-random/ensembles/tiny/seed0/model.safetensors"
     since = now()
-    result = snakemake(
-        workdir, *PROFILES, "--configfile", "study.yaml", "--retries", "1", target
-    )
+    result = snakemake(workdir, *PROFILES, "--configfile", "study.yaml", "--retries", "1", target)
     assert result.returncode != 0
     assert "Error in rule train_ensemble" in result.stderr + result.stdout
     attempts = [j for j in sacct_jobs(since) if j["rule"] == "train_ensemble"]
