@@ -111,3 +111,22 @@ def test_every_shipped_ensemble_config_is_valid():
         raw = yaml.safe_load(path.read_text())
         cfg = load_ensemble_config(path, {})
         assert {k: cfg[k] for k in raw} == raw, path.name
+
+
+def test_per_dataset_overrides_are_validated_and_applied():
+    from ombrl.config import mode_params
+
+    study = default_study()
+    study["overrides"] = {"pendulum-medium": {"aleatoric-penalty": {"rollout_length": 9}}}
+    resolved = load_study(study, "s.yaml", root=ROOT)
+    assert mode_params(resolved, "pendulum-medium", "aleatoric-penalty")["rollout_length"] == 9
+    assert mode_params(resolved, "pendulum-random", "aleatoric-penalty")["rollout_length"] == 5
+    study["overrides"] = {
+        "pendulum-medium": {"aleatoric-penalty": {"rollout_length": "long"}},
+        "nowhere": {"bc": {"steps": 3}},
+    }
+    with pytest.raises(OmbrlError) as info:
+        load_study(study, "s.yaml", root=ROOT)
+    text = str(info.value)
+    assert "overrides.nowhere: not an entry of datasets" in text
+    assert "overrides.pendulum-medium.aleatoric-penalty: rollout_length: 'long'" in text

@@ -166,3 +166,24 @@ def test_a_bad_config_stops_before_any_job_with_one_line_per_problem(study):
         for line in errors
     )
     assert "Traceback" not in result.stderr
+
+
+def test_the_d4rl_study_plans_every_job_with_its_tuned_values(tmp_path):
+    workdir = copy_workflow(tmp_path, "config/d4rl.yaml")
+    result = run(workdir, "--configfile", "study.yaml", "--dry-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    datasets, seeds, modes = 12, 5, 2
+    assert scheduled(result) == {
+        "download_dataset": datasets,
+        "train_ensemble": datasets * seeds,
+        "train_policy": datasets * seeds * modes,
+        "scores": 1,
+        "figure_avg_return": 1,
+    }
+    # Each dataset's tuned rollout length and penalty reach its own policy jobs only.
+    commands = [line for line in result.stdout.splitlines() if "--mode aleatoric-penalty" in line]
+    hopper = [c for c in commands if "hopper-medium-v2.hdf5" in c]
+    assert len(hopper) == seeds
+    assert all("rollout_length=15" in c and "penalty_lambda=300" in c for c in hopper)
+    cheetah = [c for c in commands if "halfcheetah-medium-expert-v2.hdf5" in c]
+    assert all("rollout_length=2" in c and "penalty_lambda=8.1968" in c for c in cheetah)

@@ -198,6 +198,19 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
             resolved[name] = load_ensemble_config(path, entry["params"], f"ensembles.{name}.params")
         except OmbrlError as e:
             problems.append(str(e))
+    for dataset, per_mode in study["overrides"].items():
+        if dataset not in study["datasets"]:
+            problems.append(f"{source}: overrides.{dataset}: not an entry of datasets")
+        for mode, values in per_mode.items():
+            if mode not in study["modes"]:
+                problems.append(f"{source}: overrides.{dataset}.{mode}: not an entry of modes")
+                continue
+            section = SCHEMA["properties"]["modes"]["properties"][mode]["$ref"].split("/")[-1]
+            merged = {**study["modes"][mode], **values}
+            try:
+                validate(merged, f"{source}: overrides.{dataset}.{mode}", SCHEMA["$defs"][section])
+            except OmbrlError as e:
+                problems.append(str(e))
     for mode, params in study["modes"].items():
         ensemble = params.get("ensemble")
         if ensemble is not None and ensemble not in study["ensembles"]:
@@ -208,3 +221,8 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
         raise OmbrlError("\n".join(problems))
     study["ensembles"] = resolved
     return study
+
+
+def mode_params(study: dict, dataset: str, mode: str) -> dict:
+    """A mode's parameters for one dataset: the mode's, then that dataset's overrides."""
+    return {**study["modes"][mode], **study["overrides"].get(dataset, {}).get(mode, {})}

@@ -3,7 +3,7 @@ import re
 import shlex
 import sys
 
-from ombrl.config import load_study
+from ombrl.config import load_study, mode_params
 from ombrl.errors import OmbrlError
 from ombrl.runtime import source_fingerprint
 
@@ -101,7 +101,8 @@ def policy_inputs(w):
 
 
 def policy_flags(w):
-    params = {k: v for k, v in MODES[w.mode].items() if k != "ensemble"}
+    params = mode_params(STUDY, w.dataset, w.mode)
+    params.pop("ensemble", None)
     flags = f"--params {as_params(params)}" if params else ""
     ensemble = MODES[w.mode].get("ensemble")
     if ensemble is not None:
