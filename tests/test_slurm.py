@@ -24,6 +24,7 @@ REMOTE_JOBS = {
     "train_policy": 2,
     "scores": 1,
     "figure_avg_return": 1,
+    "figure_ensemble_loss": 1,
 }
 
 

@@ -42,6 +42,8 @@ def test_the_study_produces_scores_and_figure(study):
     pdf = study / "results/figures/avg_return.pdf"
     assert pdf.read_bytes().startswith(b"%PDF")
     assert (study / "results/notebooks/avg_return.ipynb").is_file()
+    loss = study / "results/figures/tiny-random/ensemble_loss.pdf"
+    assert loss.read_bytes().startswith(b"%PDF")
     final = pd.read_csv(study / "results/tables/final_scores.csv")
     assert len(final) == 2
 
@@ -85,6 +87,7 @@ def test_an_ensemble_parameter_reruns_the_ensemble_and_what_depends_on_it(study)
         "train_policy": 1,
         "scores": 1,
         "figure_avg_return": 1,
+        "figure_ensemble_loss": 1,
     }
 
 
@@ -107,6 +110,7 @@ def test_a_new_seed_adds_only_its_jobs(study):
         "train_policy": 2,
         "scores": 1,
         "figure_avg_return": 1,
+        "figure_ensemble_loss": 1,
     }
 
 
@@ -148,6 +152,7 @@ def test_editing_the_ensemble_code_reruns_ensembles_and_dependants(study):
         "train_policy": 1,
         "scores": 1,
         "figure_avg_return": 1,
+        "figure_ensemble_loss": 1,
     }
 
 
@@ -179,6 +184,7 @@ def test_the_d4rl_study_plans_every_job_with_its_tuned_values(tmp_path):
         "train_policy": datasets * seeds * modes,
         "scores": 1,
         "figure_avg_return": 1,
+        "figure_ensemble_loss": datasets,
     }
     # Each dataset's tuned rollout length and penalty reach its own policy jobs only.
     commands = [line for line in result.stdout.splitlines() if "--mode aleatoric-penalty" in line]

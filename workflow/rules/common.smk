@@ -1,4 +1,5 @@
 # Study loading, target lists and input functions shared by the rule files.
+import json
 import re
 import shlex
 import sys
@@ -110,5 +111,32 @@ def policy_flags(w):
     return flags
 
 
+def ensemble_runs(dataset):
+    """(label, metrics.csv) of every configured ensemble and seed on one dataset."""
+    return [
+        (f"{e} seed{s}", f"{ensemble_dir(dataset, e, s)}/metrics.csv")
+        for e in sorted(STUDY["ensembles"])
+        for s in SEEDS
+    ]
+
+
+def ensemble_metrics_files(w):
+    return [path for _, path in ensemble_runs(w.dataset)]
+
+
+def ensemble_loss_params(w, output):
+    """The notebook's parameters as one shell-quoted YAML (JSON) word for papermill -y."""
+    runs = ensemble_runs(w.dataset)
+    parameters = {
+        "metrics_csvs": [path for _, path in runs],
+        "labels": [label for label, _ in runs],
+        "output_pdf": output.figure,
+    }
+    return shlex.quote(json.dumps(parameters))
+
+
 def get_final_output():
-    return ["results/scores.csv", "results/figures/avg_return.pdf"]
+    figures = ["results/figures/avg_return.pdf"]
+    if STUDY["ensembles"]:
+        figures += [f"results/figures/{d}/ensemble_loss.pdf" for d in DATASETS]
+    return ["results/scores.csv", *figures]

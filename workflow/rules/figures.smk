@@ -19,3 +19,25 @@ rule figure_avg_return:
     shell:
         "papermill {input.notebook} {output.notebook} -k python3 --no-progress-bar"
         " -p scores_csv {input.scores} -p output_pdf {output.figure} > {log} 2>&1"
+
+
+rule figure_ensemble_loss:
+    input:
+        metrics=ensemble_metrics_files,
+        notebook="notebooks/ensemble_loss.ipynb",
+    output:
+        figure=report(
+            "results/figures/{dataset}/ensemble_loss.pdf",
+            caption="../report/ensemble_loss.rst",
+            category="Figures",
+        ),
+        notebook="results/notebooks/{dataset}/ensemble_loss.ipynb",
+    log:
+        "logs/figures/{dataset}/ensemble_loss.log",
+    conda:
+        "../../envs/figures.yaml"
+    params:
+        notebook_params=ensemble_loss_params,
+    shell:
+        "papermill {input.notebook} {output.notebook} -k python3 --no-progress-bar"
+        " -y {params.notebook_params} > {log} 2>&1"
