@@ -1,0 +1,204 @@
+"""SAC gradient updates per second: ours against a straightforward PyTorch SAC.
+
+Ours (`ombrl.agents.sac.SAC.update`) evaluates both critics with one batched matmul per layer,
+uses fused Adam and one `_foreach_lerp_` for the target update. The reference is the usual
+textbook layout (Spinning Up / CleanRL): one `nn.Module` per Q critic plus deep-copied targets,
+a plain `torch.optim.Adam` per network (actor, Q1, Q2, temperature), critics frozen during the
+actor step, a Python loop over parameters for the polyak update. Same sizes and hyperparameters
+(obs 17, act 6, 256x256 ReLU nets, batch 256, gamma 0.99, tau 0.005, lr 3e-4, learned alpha);
+both draw batches from the same replay buffer of random data on the device and return their
+metrics with one host transfer, so the difference is the update itself.
+
+Each timing is `--steps` updates; repetitions of the two alternate (ours, reference, ours, ...)
+so a load change on a shared machine hits both; the median of 5 is reported after warm-up.
+
+    .venv/bin/python benchmarks/sac.py [--device auto] [--threads N] [--steps 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ombrl.agents.buffer import Batch, ReplayBuffer
+from ombrl.agents.sac import SAC, SACConfig
+
+OBS, ACT, HIDDEN, BATCH, CAPACITY, REPEATS = 17, 6, [256, 256], 256, 100_000, 5
+CONFIG = SACConfig(hidden_size=HIDDEN, gamma=0.99, tau=0.005, lr=3e-4, batch_size=BATCH, alpha=None)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def random_buffer(device: torch.device) -> ReplayBuffer:
+    """CAPACITY transitions of random data (terminal 1 in ~1% of them) on the device."""
+    g = torch.Generator().manual_seed(0)
+    buffer = ReplayBuffer(CAPACITY, OBS, ACT, device)
+    buffer.add(
+        Batch(
+            obs=torch.randn(CAPACITY, OBS, generator=g),
+            act=torch.rand(CAPACITY, ACT, generator=g) * 2 - 1,
+            rew=torch.randn(CAPACITY, generator=g),
+            next_obs=torch.randn(CAPACITY, OBS, generator=g),
+            terminal=(torch.rand(CAPACITY, generator=g) < 0.01).float(),
+        )
+    )
+    return buffer
+
+
+def mlp(in_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, HIDDEN[0]),
+        nn.ReLU(),
+        nn.Linear(HIDDEN[0], HIDDEN[1]),
+        nn.ReLU(),
+        nn.Linear(HIDDEN[1], out_dim),
+    )
+
+
+class QNetwork(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = mlp(OBS + ACT, 1)
+
+    def forward(self, obs: Tensor, act: Tensor) -> Tensor:
+        return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
+
+
+class Actor(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = mlp(OBS, 2 * ACT)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        std = log_std.clamp(-20, 2).exp()
+        u = mean + std * torch.randn_like(mean)
+        log_prob = -0.5 * ((u - mean) / std).square() - std.log() - 0.5 * math.log(2 * math.pi)
+        log_prob = log_prob.sum(-1) - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        return torch.tanh(u), log_prob
+
+
+class ReferenceSAC:
+    """Textbook SAC: separate critics, deep-copied targets, one plain Adam per network."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.actor = Actor().to(device)
+        self.q1, self.q2 = QNetwork().to(device), QNetwork().to(device)
+        self.q1_target, self.q2_target = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
+        for p in [*self.q1_target.parameters(), *self.q2_target.parameters()]:
+            p.requires_grad_(False)
+        self.log_alpha = torch.zeros((), device=device, requires_grad=True)
+        self.target_entropy = -float(ACT)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=CONFIG.lr)
+        self.q1_opt = torch.optim.Adam(self.q1.parameters(), lr=CONFIG.lr)
+        self.q2_opt = torch.optim.Adam(self.q2.parameters(), lr=CONFIG.lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=CONFIG.lr)
+
+    def update(self, b: Batch) -> dict[str, float]:
+        alpha = self.log_alpha.detach().exp()
+        with torch.no_grad():
+            next_act, next_log_prob = self.actor(b.next_obs)
+            next_q = torch.min(
+                self.q1_target(b.next_obs, next_act), self.q2_target(b.next_obs, next_act)
+            )
+            target = b.rew + CONFIG.gamma * (1 - b.terminal) * (next_q - alpha * next_log_prob)
+        q1, q2 = self.q1(b.obs, b.act), self.q2(b.obs, b.act)
+        critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        self.q1_opt.zero_grad()
+        self.q2_opt.zero_grad()
+        critic_loss.backward()
+        self.q1_opt.step()
+        self.q2_opt.step()
+
+        critic_params = [*self.q1.parameters(), *self.q2.parameters()]
+        for p in critic_params:
+            p.requires_grad_(False)
+        act, log_prob = self.actor(b.obs)
+        actor_loss = (alpha * log_prob - torch.min(self.q1(b.obs, act), self.q2(b.obs, act))).mean()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        self.actor_opt.step()
+        for p in critic_params:
+            p.requires_grad_(True)
+
+        alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        self.alpha_opt.zero_grad()
+        alpha_loss.backward()
+        self.alpha_opt.step()
+
+        with torch.no_grad():
+            for net, target_net in ((self.q1, self.q1_target), (self.q2, self.q2_target)):
+                for p, p_target in zip(net.parameters(), target_net.parameters(), strict=True):
+                    p_target.mul_(1 - CONFIG.tau).add_(CONFIG.tau * p)
+        values = torch.stack(
+            [critic_loss.detach(), actor_loss.detach(), alpha, q1.detach().mean(), -log_prob.mean()]
+        ).tolist()
+        keys = ("critic_loss", "actor_loss", "alpha", "q_mean", "entropy")
+        return dict(zip(keys, values, strict=True))
+
+
+def trainer(update: Callable[[Batch], dict], buffer: ReplayBuffer, device: torch.device):
+    """`steps -> seconds` running that many sample-and-update steps."""
+    generator = torch.Generator(device).manual_seed(1)
+
+    def run(steps: int) -> float:
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            update(buffer.sample(BATCH, generator))
+        sync(device)
+        return time.perf_counter() - start
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
+    parser.add_argument("--steps", type=int, default=200, help="updates per timing")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    buffer = random_buffer(device)
+    ours_agent = SAC(OBS, ACT, -1.0, 1.0, CONFIG, device, seed=0)
+    runs = {
+        "ours": trainer(ours_agent.update, buffer, device),
+        "reference": trainer(ReferenceSAC(device).update, buffer, device),
+    }
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    threads = torch.get_num_threads()
+    print(f"device {device} ({name}), torch threads {threads}, torch {torch.__version__}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for run in runs.values():
+        run(max(20, args.steps // 5))  # warm-up: allocator, kernels, Adam state
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    for _ in range(REPEATS):
+        for key, run in runs.items():
+            times[key].append(run(args.steps))
+    rate = {key: args.steps / sorted(t)[REPEATS // 2] for key, t in times.items()}
+    print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for key in runs:
+        spread = ", ".join(f"{args.steps / t:.0f}" for t in times[key])
+        print(f"{key:<10} {rate[key]:8.1f} updates/s  (median of {REPEATS}: {spread})")
+    print(f"ratio ours / reference: {rate['ours'] / rate['reference']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
