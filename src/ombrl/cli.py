@@ -8,12 +8,17 @@ with exit code 2 and no traceback.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ombrl.errors import OmbrlError
+
+if TYPE_CHECKING:
+    from ombrl.checkpoint import Checkpointer
 
 DATA_DIR_ENV = "OMBRL_DATA_DIR"
 
@@ -33,6 +38,30 @@ def load_dataset(name_or_path: str):
         return read_hdf5(path)
     parse_name(name_or_path)
     return read_hdf5(download(name_or_path, _data_dir()))
+
+
+def _checkpointer(args: argparse.Namespace, identity: dict) -> Checkpointer | None:
+    """The job's `Checkpointer` (None when `--checkpoint-every 0`).
+
+    `identity` holds everything that determines the job's numbers; the job's output folder
+    and the code version are added here, so two jobs never share a checkpoint and a changed
+    job never resumes a stale one.
+    """
+    from ombrl.checkpoint import Checkpointer, checkpoint_root
+    from ombrl.runtime import code_version
+
+    if args.checkpoint_every < 0:
+        raise OmbrlError(f"--checkpoint-every: {args.checkpoint_every} must be >= 0 (0: none)")
+    if args.checkpoint_every == 0:
+        return None
+    identity = {
+        **identity,
+        "seed": args.seed,
+        "threads": args.threads,
+        "output": str(Path(args.output).resolve()),
+        "code_version": code_version(),
+    }
+    return Checkpointer(checkpoint_root(args.checkpoint_dir), identity, args.checkpoint_every)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +138,15 @@ def cmd_train_ensemble(args: argparse.Namespace) -> None:
         normalization=cfg["normalization"],
         grad_clip=cfg["grad_clip"],
     )
+    checkpoint = _checkpointer(
+        args,
+        {
+            "command": "train-ensemble",
+            "config": cfg,
+            "device": device.type,
+            "dataset_checksum": dataset.checksum,
+        },
+    )
     log = CsvLog()
     result = fit_ensemble(
         model,
@@ -118,6 +156,7 @@ def cmd_train_ensemble(args: argparse.Namespace) -> None:
         device=device,
         on_epoch=log.log,
         progress=not args.quiet,
+        checkpoint=checkpoint,
     )
     meta = {
         "config": cfg,
@@ -133,6 +172,8 @@ def cmd_train_ensemble(args: argparse.Namespace) -> None:
         log.write(out / "metrics.csv")
     if args.csv:
         log.write(Path(args.csv))
+    if checkpoint is not None:
+        checkpoint.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,6 +208,23 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
             raise OmbrlError(
                 f"{args.ensemble}: ensemble was trained on another dataset than {args.dataset}"
             )
+    checkpoint = _checkpointer(
+        args,
+        {
+            "command": "train-policy",
+            "mode": args.mode,
+            "config": cfg,
+            "device": device.type,
+            "dataset_checksum": dataset.checksum,
+            # model.json records the safetensors' sha256, the elites and the code version.
+            "ensemble_json_sha256": (
+                hashlib.sha256((Path(args.ensemble) / "model.json").read_bytes()).hexdigest()
+                if needs_ensemble
+                else None
+            ),
+            "eval": [args.eval_every, args.eval_episodes, args.eval_seed],
+        },
+    )
     setup(args.seed, args.threads)
     log = CsvLog()
     identity = {"dataset": Path(args.dataset).stem, "mode": args.mode, "seed": args.seed}
@@ -195,6 +253,7 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
         eval_seed=args.eval_seed,
         on_eval=on_eval,
         progress=not args.quiet,
+        checkpoint=checkpoint,
     )
     final = log.rows[-1]
     meta = {
@@ -212,6 +271,8 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
         save_model(out, agent.state_dict(), meta, name="policy")
         log.write(out / "progress.csv")
         write_json(out / "eval.json", {**meta, "final": final})
+    if checkpoint is not None:
+        checkpoint.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +300,23 @@ def cmd_check_config(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _add_checkpoint_flags(parser: argparse.ArgumentParser, every: int, unit: str) -> None:
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=every,
+        metavar="N",
+        help=f"save the training state every N {unit}; a rerun of the same command resumes "
+        "from it (0: no checkpoints)",
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        help="root of the checkpoints, outside the outputs "
+        "(default: $OMBRL_CHECKPOINT_DIR, else .checkpoints)",
+    )
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -290,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="also write the per-epoch metrics here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--output", required=True, help="folder for model.safetensors + model.json")
+    _add_checkpoint_flags(p, every=10, unit="epochs")
     _add_run_flags(p)
     p.set_defaults(func=cmd_train_ensemble)
 
@@ -303,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-seed", type=int, default=100000, help="first evaluation env seed")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--output", required=True, help="folder for policy, progress.csv, eval.json")
+    _add_checkpoint_flags(p, every=1000, unit="updates")
     _add_run_flags(p)
     p.set_defaults(func=cmd_train_policy)
 

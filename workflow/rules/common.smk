@@ -23,7 +23,14 @@ MODES = STUDY["modes"]
 # The library sources each stage runs, relative to src/ombrl (a folder means all of it). A rule's
 # `code` param is their fingerprint: editing one stage's code reruns only the jobs that use it.
 # Logging and CLI plumbing (cli.py, tracking.py) are left out: they do not change the numbers.
-READ_DATA = ["data/dataset.py", "data/d4rl.py", "io.py", "config.py", "runtime.py"]
+READ_DATA = [
+    "data/dataset.py",
+    "data/d4rl.py",
+    "io.py",
+    "config.py",
+    "runtime.py",
+    "checkpoint.py",
+]
 STAGE_SOURCES = {
     "download": ["data/d4rl.py"],
     "collect": ["data/collect.py", "data/controllers.py"],

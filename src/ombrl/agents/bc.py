@@ -14,14 +14,8 @@ import torch
 from torch import Tensor
 
 from ombrl.agents.buffer import Batch
-from ombrl.agents.sac import (
-    action_scale,
-    as_obs_tensor,
-    check_keys,
-    load_optimizer_tensors,
-    mlp,
-    optimizer_tensors,
-)
+from ombrl.agents.sac import action_scale, as_obs_tensor, check_keys, mlp
+from ombrl.checkpoint import load_optimizer_tensors, optimizer_tensors
 from ombrl.errors import OmbrlError
 
 

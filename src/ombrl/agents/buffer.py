@@ -112,6 +112,35 @@ class ReplayBuffer:
         index = torch.randint(self.size, (batch_size,), generator=generator, device=self.device)
         return Batch(*(t[index] for t in _fields(self)))
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The stored rows (the first `size`, which are all the filled ones) and the write
+        position, so a resumed job overwrites and samples exactly as an uninterrupted one."""
+        rows = dict(zip(_NAMES, (t[: self.size] for t in _fields(self)), strict=True))
+        return {
+            **rows,
+            "size": torch.tensor(self.size, dtype=torch.int64),
+            "position": torch.tensor(self.position, dtype=torch.int64),
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore what `state_dict` returned (tensors may be on any device).
+
+        Raises:
+            ValueError: the state does not fit this buffer's capacity or sizes.
+        """
+        size, position = int(state["size"]), int(state["position"])
+        if not (0 <= size <= self.capacity and 0 <= position < self.capacity):
+            raise ValueError(f"buffer state of size {size} does not fit capacity {self.capacity}")
+        for name, store in zip(_NAMES, _fields(self), strict=True):
+            rows = state[name]
+            if rows.shape != (size, *store.shape[1:]):
+                raise ValueError(f"buffer state {name!r} has shape {tuple(rows.shape)}")
+            store[:size] = rows.to(self.device)
+        self.size, self.position = size, position
+
+
+_NAMES = ("obs", "act", "rew", "next_obs", "terminal")
+
 
 def _fields(x: Batch | ReplayBuffer) -> tuple[Tensor, ...]:
     return x.obs, x.act, x.rew, x.next_obs, x.terminal

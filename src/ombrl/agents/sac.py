@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ombrl.agents.buffer import Batch
+from ombrl.checkpoint import load_optimizer_tensors, optimizer_tensors
 from ombrl.errors import OmbrlError
 from ombrl.models.ensemble import EnsembleLinear
 
@@ -70,30 +71,6 @@ def action_scale(
 def as_obs_tensor(obs: np.ndarray | Tensor, device: torch.device) -> Tensor:
     """Observations as a float32 tensor on `device` (obs_dim or B x obs_dim)."""
     return torch.as_tensor(obs, dtype=torch.float32, device=device)
-
-
-def optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
-    """An optimiser's per-parameter state as flat named tensors (hyperparameters come from
-    the config on load, so only tensors need storing)."""
-    return {
-        f"{prefix}.{index}.{key}": value
-        for index, slots in optimizer.state_dict()["state"].items()
-        for key, value in slots.items()
-    }
-
-
-def load_optimizer_tensors(
-    prefix: str, optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor]
-) -> None:
-    """Inverse of `optimizer_tensors` (keys under `prefix.`)."""
-    state: dict[int, dict[str, Tensor]] = {}
-    for name, value in tensors.items():
-        if name.startswith(prefix + "."):
-            index, key = name[len(prefix) + 1 :].split(".", 1)
-            state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict(
-        {"state": state, "param_groups": optimizer.state_dict()["param_groups"]}
-    )
 
 
 def check_keys(

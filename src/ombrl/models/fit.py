@@ -4,6 +4,9 @@ All members step together (one batched forward/backward per batch), the data is 
 device once, and each epoch costs the training batches plus one holdout evaluation. Every
 random choice (holdout split, bootstrap resamples, batch order) comes from one
 `torch.Generator` seeded with `seed`, so the same seed gives the same weights and metrics.
+Everything the epoch loop changes lives in one `_FitState`, which a `Checkpointer` saves every
+N epochs; a killed job restarted with the same command resumes from it and ends with the same
+bytes as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -17,6 +20,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ombrl.checkpoint import (
+    Checkpointer,
+    TrainingState,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    prefixed,
+    subset,
+)
 from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
 from ombrl.models.ensemble import DynamicsEnsemble
@@ -244,6 +255,91 @@ def _epoch_metrics(
     return metrics
 
 
+class _FitState:
+    """Everything the epoch loop changes, in one place, so a checkpoint saves it whole.
+
+    The model's weights, Adam's moments and step counts, the learning rate and scheduler, the
+    generator that orders batches, each member's best snapshot with its early-stopping
+    counters, and the metric rows so far. The holdout split, normalisers and bootstrap
+    resamples are not here: they are recomputed from the seed before training starts.
+    """
+
+    def __init__(
+        self,
+        model: DynamicsEnsemble,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        generator: torch.Generator,
+    ) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.scheduler, self.generator = scheduler, generator
+        self.params = list(model.parameters())
+        e, device = model.num_members, self.params[0].device
+        self.epoch = 0  # epochs completed
+        self.best_params = [p.detach().clone() for p in self.params]
+        self.best_mse = torch.full((e,), float("inf"), device=device)
+        self.best_epoch = torch.zeros(e, dtype=torch.long, device=device)
+        self.stale = torch.zeros(e, dtype=torch.long, device=device)
+        self.history: list[dict] = []
+
+    def end_epoch(self, holdout_mse: Tensor, metrics: dict) -> None:
+        """Snapshot each member whose holdout MSE improved by more than 1%; log the row."""
+        self.epoch += 1
+        improved = holdout_mse < (1 - IMPROVEMENT_THRESHOLD) * self.best_mse
+        self.best_mse = torch.where(improved, holdout_mse, self.best_mse)
+        self.best_epoch = torch.where(improved, self.epoch, self.best_epoch)
+        self.stale = torch.where(improved, 0, self.stale + 1)
+        with torch.no_grad():
+            for snapshot, p in zip(self.best_params, self.params, strict=True):
+                snapshot[improved] = p[improved]
+        self.history.append(metrics)
+
+    def stopped(self, patience: int) -> bool:
+        """No member improved for `patience` epochs (never when patience is 0)."""
+        return patience > 0 and bool((self.stale >= patience).all())
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The tensor part of a checkpoint (weights, snapshots, counters, RNG, Adam)."""
+        return {
+            **prefixed(self.model.state_dict(), "model"),
+            **prefixed({str(i): t for i, t in enumerate(self.best_params)}, "best"),
+            "best_mse": self.best_mse,
+            "best_epoch": self.best_epoch,
+            "stale": self.stale,
+            "generator": self.generator.get_state(),
+            **optimizer_tensors("optim", self.optimizer),
+        }
+
+    def meta(self) -> dict:
+        """The JSON part of a checkpoint (epoch, metric rows, learning rate, scheduler)."""
+        return {
+            "epoch": self.epoch,
+            "history": self.history,
+            "lr": [group["lr"] for group in self.optimizer.param_groups],
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+        }
+
+    def restore(self, saved: TrainingState) -> None:
+        """Load what `tensors` and `meta` produced."""
+        tensors, meta = saved.tensors, saved.meta
+        self.model.load_state_dict(subset(tensors, "model"))
+        device = self.best_mse.device
+        with torch.no_grad():
+            for i, snapshot in enumerate(self.best_params):
+                snapshot.copy_(tensors[f"best.{i}"])
+        self.best_mse = tensors["best_mse"].to(device)
+        self.best_epoch = tensors["best_epoch"].to(device)
+        self.stale = tensors["stale"].to(device)
+        self.generator.set_state(tensors["generator"])
+        load_optimizer_tensors("optim", self.optimizer, tensors)
+        for group, lr in zip(self.optimizer.param_groups, meta["lr"], strict=True):
+            group["lr"] = lr
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(meta["scheduler"])
+        self.epoch = int(meta["epoch"])
+        self.history = list(meta["history"])
+
+
 def fit_ensemble(
     model: DynamicsEnsemble,
     dataset: Dataset,
@@ -252,6 +348,7 @@ def fit_ensemble(
     device: torch.device,
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = True,
+    checkpoint: Checkpointer | None = None,
 ) -> FitResult:
     """Train every member of `model` at once; keep each member's best holdout snapshot.
 
@@ -267,8 +364,11 @@ def fit_ensemble(
         cfg: training settings.
         seed: seeds the holdout split, bootstrap resamples and batch order.
         device: where to train.
-        on_epoch: called with each epoch's metrics (e.g. to log them).
+        on_epoch: called with each epoch's metrics (e.g. to log them); after a resume, first
+            with every row saved in the checkpoint, so a log always holds the whole history.
         progress: show a tqdm bar.
+        checkpoint: resume from its newest state if any, and save one every
+            `checkpoint.every` epochs (step = epochs completed); None: neither.
 
     Returns:
         A `FitResult`. Each history row has `epoch`, `lr`, `seconds`, and in normalised space
@@ -313,12 +413,20 @@ def fit_ensemble(
         else torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.scheduler_gamma)
     )
 
-    best_params = [p.detach().clone() for p in params]
-    best_mse = torch.full((e,), float("inf"), device=device)
-    best_epoch = torch.zeros(e, dtype=torch.long, device=device)
-    stale = torch.zeros(e, dtype=torch.long, device=device)
-    history: list[dict] = []
-    bar = tqdm(range(1, cfg.epochs + 1), desc="fit ensemble", disable=not progress)
+    state = _FitState(model, optimizer, scheduler, generator)
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        state.restore(saved)
+        if on_epoch is not None:
+            for metrics in state.history:
+                on_epoch(metrics)
+    bar = tqdm(
+        range(state.epoch + 1, cfg.epochs + 1),
+        desc="fit ensemble",
+        disable=not progress,
+        initial=state.epoch,
+        total=cfg.epochs,
+    )
     for epoch in bar:
         start_time = time.perf_counter()
         model.train()
@@ -348,14 +456,6 @@ def fit_ensemble(
             raise OmbrlError(
                 f"ensemble training diverged at epoch {epoch} (non-finite loss); lower lr"
             )
-        improved = hold_mse < (1 - IMPROVEMENT_THRESHOLD) * best_mse
-        best_mse = torch.where(improved, hold_mse, best_mse)
-        best_epoch = torch.where(improved, epoch, best_epoch)
-        stale = torch.where(improved, 0, stale + 1)
-        with torch.no_grad():
-            for snapshot, p in zip(best_params, params, strict=True):
-                snapshot[improved] = p[improved]
-
         metrics = _epoch_metrics(
             epoch,
             lr,
@@ -363,28 +463,30 @@ def fit_ensemble(
             {"mse": sum_mse / n_train, "nll": None if sum_nll is None else sum_nll / n_train},
             {"mse": hold_mse, "mse_ensemble": hold_ens, "nll": hold_nll},
         )
-        history.append(metrics)
+        state.end_epoch(hold_mse, metrics)
         bar.set_postfix(
             train=f"{metrics['train_mse']:.4g}", holdout=f"{metrics['holdout_mse']:.4g}"
         )
         if on_epoch is not None:
             on_epoch(metrics)
-        if cfg.patience > 0 and bool((stale >= cfg.patience).all()):
+        if state.stopped(cfg.patience):
             break
+        if checkpoint is not None and checkpoint.due(epoch) and epoch < cfg.epochs:
+            checkpoint.save(epoch, state.tensors(), state.meta())
     bar.close()
 
     with torch.no_grad():
-        for snapshot, p in zip(best_params, params, strict=True):
+        for snapshot, p in zip(state.best_params, params, strict=True):
             p.copy_(snapshot)
     model.eval()
-    best = best_mse.tolist()
+    best = state.best_mse.tolist()
     elites = sorted(range(e), key=lambda m: best[m])[: cfg.num_elites]
     model.elites = elites
     return FitResult(
-        history=history,
+        history=state.history,
         elites=elites,
-        best_epoch=best_epoch.tolist(),
+        best_epoch=state.best_epoch.tolist(),
         holdout_mse=best,
-        epochs_run=len(history),
+        epochs_run=len(state.history),
         holdout_indices=holdout_np,
     )
