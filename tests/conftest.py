@@ -1,7 +1,22 @@
 """Suite-wide settings."""
 
+import os
+
 import pytest
 import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracking_store(tmp_path_factory):
+    """Every `ombrl` run of the tests logs to one throwaway MLflow store, never the checkout's."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if before is None:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture(autouse=True)

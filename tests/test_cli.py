@@ -124,6 +124,38 @@ def test_same_seed_same_numbers_and_a_new_seed_differs(dataset, tmp_path):
     assert len(meta["dataset_checksum"]) == 64 and meta["code_version"].startswith("0.")
 
 
+def test_each_ensemble_is_one_tagged_mlflow_run(dataset, tmp_path, tracking_store):
+    from mlflow.tracking import MlflowClient
+
+    result = ombrl(
+        "train-ensemble",
+        "--dataset",
+        str(dataset),
+        "--config",
+        "config/ensembles/pnn.yaml",
+        "--params",
+        *TINY_ENSEMBLE,
+        "--seed",
+        "7",
+        "--output",
+        str(tmp_path / "e"),
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(tracking_uri=tracking_store)
+    experiment = client.get_experiment_by_name("ensembles")
+    runs = client.search_runs([experiment.experiment_id], "tags.seed = '7' and tags.config = 'pnn'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dataset"] == "pendulum"
+    assert run.data.params["hidden_size"] == "[32, 32]"
+    epochs = client.get_metric_history(run.info.run_id, "holdout_mse")
+    assert sorted(m.step for m in epochs) == [1, 2]
+    csv = pd.read_csv(tmp_path / "e/metrics.csv")
+    assert sorted(m.value for m in epochs) == sorted(csv["holdout_mse"])
+
+
 def test_upstream_flag_spellings_and_list_overrides(dataset, tmp_path):
     result = ombrl(
         "train-ensemble",

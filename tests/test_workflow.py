@@ -48,6 +48,19 @@ def test_the_study_produces_scores_and_figure(study):
     assert len(final) == 2
 
 
+def test_every_job_is_a_finished_mlflow_run_in_the_study_store(study):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{study}/results/mlflow.db")
+    runs = {
+        name: client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        for name in ("ensembles", "policies")
+    }
+    assert len(runs["ensembles"]) == 1 and len(runs["policies"]) == 2
+    assert {r.info.status for r in runs["ensembles"] + runs["policies"]} == {"FINISHED"}
+    assert {r.data.tags["mode"] for r in runs["policies"]} == {"bc", "aleatoric-penalty"}
+
+
 def test_the_report_holds_the_figure_and_the_score_table(study):
     result = run(study, "--configfile", "study.yaml", "--report", "results/report.html")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -180,6 +193,7 @@ def test_the_d4rl_study_plans_every_job_with_its_tuned_values(tmp_path):
     datasets, seeds, modes = 12, 5, 2
     assert scheduled(result) == {
         "download_dataset": datasets,
+        "tracking_store": 1,
         "train_ensemble": datasets * seeds,
         "train_policy": datasets * seeds * modes,
         "scores": 1,

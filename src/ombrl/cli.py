@@ -64,6 +64,14 @@ def _checkpointer(args: argparse.Namespace, identity: dict) -> Checkpointer | No
     return Checkpointer(checkpoint_root(args.checkpoint_dir), identity, args.checkpoint_every)
 
 
+def _config_name(path: str | None) -> str:
+    return Path(path).stem if path else "defaults"
+
+
+def _run_name(tags: dict) -> str:
+    return "/".join(str(v) for v in tags.values())
+
+
 # ---------------------------------------------------------------------------------------------
 # datasets
 
@@ -106,7 +114,7 @@ def cmd_train_ensemble(args: argparse.Namespace) -> None:
     from ombrl.models.ensemble import DynamicsEnsemble, save_ensemble
     from ombrl.models.fit import FitConfig, fit_ensemble
     from ombrl.runtime import code_version, resolve_device, setup
-    from ombrl.tracking import CsvLog, staged_directory
+    from ombrl.tracking import CsvLog, mlflow_run, resolve_tracking_uri, staged_directory
 
     overrides = parse_params(args.params, "ensemble")
     if args.holdout_ratio is not None:
@@ -148,16 +156,29 @@ def cmd_train_ensemble(args: argparse.Namespace) -> None:
         },
     )
     log = CsvLog()
-    result = fit_ensemble(
-        model,
-        dataset,
-        fit,
-        seed=args.seed,
-        device=device,
-        on_epoch=log.log,
-        progress=not args.quiet,
-        checkpoint=checkpoint,
-    )
+    tags = {
+        "dataset": Path(args.dataset).stem,
+        "config": _config_name(args.config),
+        "seed": args.seed,
+    }
+    uri = resolve_tracking_uri(args.tracking_uri)
+    with mlflow_run(uri, "ensembles", _run_name(tags), tags, cfg) as run:
+
+        def on_epoch(row: dict) -> None:
+            log.log(row)
+            if run is not None:
+                run.log(row, row["epoch"])
+
+        result = fit_ensemble(
+            model,
+            dataset,
+            fit,
+            seed=args.seed,
+            device=device,
+            on_epoch=on_epoch,
+            progress=not args.quiet,
+            checkpoint=checkpoint,
+        )
     meta = {
         "config": cfg,
         "seed": args.seed,
@@ -187,7 +208,13 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
     from ombrl.models.ensemble import load_ensemble
     from ombrl.policies import MODE_SECTIONS, train_policy
     from ombrl.runtime import code_version, resolve_device, setup
-    from ombrl.tracking import CsvLog, staged_directory, write_json
+    from ombrl.tracking import (
+        CsvLog,
+        mlflow_run,
+        resolve_tracking_uri,
+        staged_directory,
+        write_json,
+    )
 
     section = MODE_SECTIONS[args.mode]
     params = parse_params(args.params, section)
@@ -229,32 +256,36 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
     log = CsvLog()
     identity = {"dataset": Path(args.dataset).stem, "mode": args.mode, "seed": args.seed}
 
-    def on_eval(record: dict) -> None:
-        score = normalized_score(record["return"], ref_min, ref_max)
-        log.log(
-            {
+    uri = resolve_tracking_uri(args.tracking_uri)
+    with mlflow_run(uri, "policies", _run_name(identity), identity, cfg) as run:
+
+        def on_eval(record: dict) -> None:
+            score = normalized_score(record["return"], ref_min, ref_max)
+            row = {
                 **identity,
                 "step": record["step"],
                 "return": record["return"],
                 "normalized_score": score,
                 **{k: v for k, v in record.items() if k not in ("step", "return")},
             }
-        )
+            log.log(row)
+            if run is not None:
+                run.log({k: v for k, v in row.items() if k not in identity}, record["step"])
 
-    agent = train_policy(
-        args.mode,
-        dataset,
-        ensemble,
-        cfg,
-        seed=args.seed,
-        device=device,
-        eval_every=args.eval_every,
-        eval_episodes=args.eval_episodes,
-        eval_seed=args.eval_seed,
-        on_eval=on_eval,
-        progress=not args.quiet,
-        checkpoint=checkpoint,
-    )
+        agent = train_policy(
+            args.mode,
+            dataset,
+            ensemble,
+            cfg,
+            seed=args.seed,
+            device=device,
+            eval_every=args.eval_every,
+            eval_episodes=args.eval_episodes,
+            eval_seed=args.eval_seed,
+            on_eval=on_eval,
+            progress=not args.quiet,
+            checkpoint=checkpoint,
+        )
     final = log.rows[-1]
     meta = {
         **identity,
@@ -286,6 +317,28 @@ def cmd_scores(args: argparse.Namespace) -> None:
     for path, frame in ((args.output, table), (args.final, final_scores(table))):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(path, index=False)
+
+
+def cmd_tracking_init(args: argparse.Namespace) -> None:
+    from ombrl.tracking import init_store, resolve_tracking_uri, write_json
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if uri is not None:
+        init_store(uri, ["ensembles", "policies"])
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(args.output), {"tracking_uri": uri})
+
+
+def cmd_convert_ensemble(args: argparse.Namespace) -> None:
+    from ombrl.models.convert import convert_upstream
+    from ombrl.models.ensemble import save_ensemble
+    from ombrl.runtime import code_version
+    from ombrl.tracking import staged_directory
+
+    model, provenance = convert_upstream(Path(args.input))
+    with staged_directory(Path(args.output)) as out:
+        save_ensemble(model, out, {**provenance, "code_version": code_version()})
 
 
 def cmd_check_config(args: argparse.Namespace) -> None:
@@ -323,6 +376,16 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and the env")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (reproducibility)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_tracking_flag(parser: argparse.ArgumentParser) -> None:
+    from ombrl.tracking import DEFAULT_TRACKING_URI
+
+    parser.add_argument(
+        "--tracking-uri",
+        default=DEFAULT_TRACKING_URI,
+        help="MLflow store ('none': off); MLFLOW_TRACKING_URI overrides it",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for model.safetensors + model.json")
     _add_checkpoint_flags(p, every=10, unit="epochs")
     _add_run_flags(p)
+    _add_tracking_flag(p)
     p.set_defaults(func=cmd_train_ensemble)
 
     p = sub.add_parser("train-policy", help="train a policy in one offline mode")
@@ -384,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for policy, progress.csv, eval.json")
     _add_checkpoint_flags(p, every=1000, unit="updates")
     _add_run_flags(p)
+    _add_tracking_flag(p)
     p.set_defaults(func=cmd_train_policy)
 
     p = sub.add_parser("scores", help="gather progress files into scores tables")
@@ -391,6 +456,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="every evaluation (scores.csv)")
     p.add_argument("--final", required=True, help="final score per dataset and mode")
     p.set_defaults(func=cmd_scores)
+
+    p = sub.add_parser("tracking-init", help="create the MLflow store once, before parallel jobs")
+    _add_tracking_flag(p)
+    p.add_argument("--output", help="marker file recording the store's URI (for the workflow)")
+    p.set_defaults(func=cmd_tracking_init)
+
+    p = sub.add_parser(
+        "convert-ensemble", help="import an ensemble trained by upstream dynamics-ensembles-rl"
+    )
+    p.add_argument("input", help="upstream folder: metadata.yaml and model_{i}/*.pt")
+    p.add_argument("--output", required=True, help="folder for model.safetensors + model.json")
+    p.set_defaults(func=cmd_convert_ensemble)
 
     p = sub.add_parser("check-config", help="validate a study config against the schema")
     p.add_argument("config", help="study YAML, e.g. config/config.yaml")

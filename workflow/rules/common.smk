@@ -1,5 +1,6 @@
 # Study loading, target lists and input functions shared by the rule files.
 import json
+import os
 import re
 import shlex
 import sys
@@ -14,6 +15,11 @@ try:
     )
 except OmbrlError as error:
     sys.exit(f"ombrl: error: {error}".replace("\n", "\nombrl: error: "))
+
+# Jobs (local or on SLURM nodes) inherit the tracking store; MLFLOW_TRACKING_URI set by the user
+# wins. An environment variable, not a param: moving the store must not rerun any job.
+os.environ.setdefault("MLFLOW_TRACKING_URI", STUDY["tracking_uri"])
+TRACKING_MARKER = "results/tracking/store.json"
 
 DATASETS = STUDY["datasets"]
 SEEDS = STUDY["seeds"]
@@ -99,7 +105,7 @@ def datasets_from(source):
 
 
 def policy_inputs(w):
-    inputs = {"dataset": dataset_file(w.dataset)}
+    inputs = {"dataset": dataset_file(w.dataset), "tracking": ancient(TRACKING_MARKER)}
     ensemble = MODES[w.mode].get("ensemble")
     if ensemble is not None:
         inputs["ensemble"] = (

@@ -4,6 +4,7 @@
 rule train_ensemble:
     input:
         dataset=lambda w: dataset_file(w.dataset),
+        tracking=ancient(TRACKING_MARKER),
     output:
         model="results/{dataset}/ensembles/{ensemble}/seed{seed}/model.safetensors",
         meta="results/{dataset}/ensembles/{ensemble}/seed{seed}/model.json",

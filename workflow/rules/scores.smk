@@ -1,4 +1,20 @@
-# Scores: every evaluation of every policy in one table, raw and D4RL-normalized.
+# Scores: every evaluation of every policy in one table, raw and D4RL-normalized; and the MLflow
+# store, created once before the training jobs (parallel jobs would race to create its schema).
+
+
+localrules:
+    tracking_store,
+
+
+rule tracking_store:
+    output:
+        TRACKING_MARKER,
+    log:
+        "logs/tracking_store.log",
+    conda:
+        "../../envs/ombrl.yaml"
+    shell:
+        "ombrl tracking-init --output {output} > {log} 2>&1"
 
 
 rule scores:
