@@ -7,12 +7,13 @@ them and brings it down. Under CI a cluster that is not there is a failure, neve
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from study_runner import copy_workflow, snakemake
+from study_runner import ROOT, copy_workflow, snakemake
 
 pytestmark = pytest.mark.slurm
 
@@ -113,3 +114,118 @@ def test_a_failing_job_is_reported_and_retried(tmp_path):
     assert [j["state"] for j in attempts] == ["FAILED", "FAILED"]
     log = (workdir / "logs/tiny-random/ensembles/tiny/seed0.log").read_text()
     assert "ombrl: error:" in log and "tiny-random.hdf5" in log
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def job_state(job_id: str) -> tuple[str, int]:
+    """(state, restarts) of a job, from sacct (allocation line only)."""
+    result = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", job_id, "-D", "-o", "State"],
+        capture_output=True,
+        text=True,
+    )
+    states = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    return (states[-1] if states else "PENDING"), max(len(states) - 1, 0)
+
+
+def test_a_requeued_job_resumes_from_its_checkpoint_and_matches(tmp_path):
+    ombrl = str(Path(sys.executable).parent / "ombrl")
+    data = tmp_path / "data.hdf5"
+    collect = [
+        ombrl,
+        "collect",
+        "--env",
+        "InvertedPendulum-v5",
+        "--policy",
+        "medium",
+        "--transitions",
+        "3000",
+        "--seed",
+        "0",
+        "--output",
+        str(data),
+    ]
+    subprocess.run(collect, check=True, capture_output=True)
+    train = [
+        ombrl,
+        "train-ensemble",
+        "--dataset",
+        str(data),
+        "--config",
+        str(ROOT / "config/ensembles/pnn.yaml"),
+        "--params",
+        "num_models=3",
+        "num_elites=2",
+        "hidden_size=64,64",
+        "fit_epochs=120",
+        "--checkpoint-every",
+        "5",
+        "--quiet",
+    ]
+    local = subprocess.run(
+        [
+            *train,
+            "--output",
+            str(tmp_path / "local"),
+            "--checkpoint-dir",
+            str(tmp_path / "ck-local"),
+        ],
+        capture_output=True,
+    )
+    assert local.returncode == 0, local.stderr
+
+    checkpoints = tmp_path / "ck-slurm"
+    command = " ".join(
+        [*train, "--output", str(tmp_path / "slurm"), "--checkpoint-dir", str(checkpoints)]
+    )
+    submitted = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--requeue",
+            "--open-mode=append",
+            "-A",
+            "ci",
+            "-p",
+            "debug",
+            "-c",
+            "1",
+            "--mem",
+            "1000",
+            "-o",
+            str(tmp_path / "job.log"),
+            "--wrap",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    job_id = submitted.stdout.strip().split(";")[0]
+    wait_for(lambda: list(checkpoints.glob("*/step-*")), 120, "the job's first checkpoint")
+    assert job_state(job_id)[0] == "RUNNING"
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    state = wait_for(
+        lambda: (s := job_state(job_id))[0] in ("COMPLETED", "FAILED", "CANCELLED") and s,
+        300,
+        "the requeued job to end",
+    )
+    log = (tmp_path / "job.log").read_text()
+    assert state[0] == "COMPLETED", log
+    assert "resuming from step" in log
+    for name in ("model.safetensors",):
+        assert (tmp_path / "slurm" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    metrics = [
+        pd.read_csv(tmp_path / run / "metrics.csv").drop(columns="seconds")
+        for run in ("local", "slurm")
+    ]
+    pd.testing.assert_frame_equal(*metrics)
