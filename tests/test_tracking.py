@@ -21,6 +21,12 @@ def write_run(uri: str, writer: int) -> None:
             run.flush()
 
 
+@pytest.fixture(autouse=True)
+def own_store(monkeypatch):
+    """These tests name their own stores: the suite-wide MLFLOW_TRACKING_URI would win."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.mark.parametrize("initialised", [True, False])
 def test_parallel_writers_lose_no_metric(tmp_path, initialised):
     uri = resolve_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
@@ -60,7 +66,6 @@ def test_a_failing_job_marks_its_run_failed(tmp_path):
 
 
 def test_uri_resolution(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_tracking_uri("none") is None
     uri = resolve_tracking_uri(f"sqlite:///{tmp_path}/sub/mlflow.db")
     assert uri.endswith("?timeout=60") and (tmp_path / "sub").is_dir()
