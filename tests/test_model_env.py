@@ -9,7 +9,8 @@ from torch import Tensor
 
 from ombrl.errors import OmbrlError
 from ombrl.models.ensemble import DynamicsEnsemble, Prediction
-from ombrl.models.model_env import aleatoric_uncertainty, rollout
+from ombrl.models.model_env import rollout
+from ombrl.models.uncertainty import aleatoric as aleatoric_uncertainty
 from ombrl.tasks import get_task
 
 OBS, ACT, E = 3, 2, 4

@@ -34,7 +34,8 @@ from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
 from ombrl.evaluate import evaluate
 from ombrl.models.ensemble import DynamicsEnsemble
-from ombrl.models.model_env import UNCERTAINTY_KINDS, rollout
+from ombrl.models.model_env import rollout
+from ombrl.models.uncertainty import ALEATORIC_KINDS
 from ombrl.tasks import Task, get_task
 
 #: Offline mode -> the `$defs` entry of the config schema that holds its parameters.
@@ -90,9 +91,9 @@ def policy_config(mode: str, params: Mapping) -> PolicyConfig:
         return cls(**{f.name: params[f.name] for f in fields(cls)})
 
     rollout_cfg = build(RolloutConfig) if mode != "bc" else None
-    if rollout_cfg is not None and rollout_cfg.uncertainty not in UNCERTAINTY_KINDS:
+    if rollout_cfg is not None and rollout_cfg.uncertainty not in ALEATORIC_KINDS:
         raise OmbrlError(
-            f"uncertainty: {rollout_cfg.uncertainty!r} is not one of {', '.join(UNCERTAINTY_KINDS)}"
+            f"uncertainty: {rollout_cfg.uncertainty!r} is not one of {', '.join(ALEATORIC_KINDS)}"
         )
     return PolicyConfig(steps=int(params["steps"]), agent=build(agent_cls), rollout=rollout_cfg)
 

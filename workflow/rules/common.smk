@@ -47,7 +47,12 @@ STAGE_SOURCES = {
 }
 MODE_SOURCES = {
     "bc": ["agents/bc.py"],
-    "aleatoric-penalty": ["agents/sac.py", "models/model_env.py", "models/ensemble.py"],
+    "aleatoric-penalty": [
+        "agents/sac.py",
+        "models/model_env.py",
+        "models/ensemble.py",
+        "models/uncertainty.py",
+    ],
 }
 
 

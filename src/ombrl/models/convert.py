@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
+import pickle  # only for pickle.UnpicklingError: weights_only loading refuses objects
 import re
 from dataclasses import dataclass
 from pathlib import Path

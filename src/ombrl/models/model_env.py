@@ -23,37 +23,11 @@ from torch import Tensor
 from ombrl.agents.buffer import Batch
 from ombrl.errors import OmbrlError
 from ombrl.models.ensemble import Prediction
+from ombrl.models.uncertainty import aleatoric
 from ombrl.tasks import RewardFn, TerminalFn
 
-UNCERTAINTY_KINDS = ("max_norm", "max_var")
 PredictFn = Callable[[Tensor, Tensor], Prediction]
 PolicyFn = Callable[[Tensor], Tensor]
-
-
-def aleatoric_uncertainty(pred: Prediction, kind: str) -> Tensor:
-    """Aleatoric uncertainty of each (s, a) from the members' predicted next-state variances.
-
-    Args:
-        pred: a probabilistic prediction, `next_obs_var` E x B x obs_dim.
-        kind: `max_norm`, the largest L2 norm of a member's predicted std (MOPO), or `max_var`,
-            the largest predicted variance of any member and dimension (offline-model-based-rl).
-
-    Returns:
-        u, B.
-
-    Raises:
-        OmbrlError: an unknown kind, or a deterministic prediction (no variance).
-    """
-    if kind not in UNCERTAINTY_KINDS:
-        raise OmbrlError(f"uncertainty: {kind!r} is not one of {', '.join(UNCERTAINTY_KINDS)}")
-    var = pred.next_obs_var
-    if var is None:
-        raise OmbrlError(
-            "aleatoric uncertainty needs a probabilistic ensemble (probabilistic: true)"
-        )
-    if kind == "max_norm":
-        return var.sum(dim=-1).sqrt().amax(dim=0)
-    return var.amax(dim=(0, 2))
 
 
 def rollout(
@@ -79,7 +53,7 @@ def rollout(
         reward_fn: `(s, a, s') -> B` task reward, or None to use the model's reward head.
         terminal_fn: `(s, a, s') -> B` bool, the task's termination.
         penalty_lambda: lambda in `r - lambda * u` (0 disables the penalty).
-        uncertainty: `max_norm` or `max_var` (see `aleatoric_uncertainty`).
+        uncertainty: `max_norm` or `max_var` (see `ombrl.models.uncertainty.aleatoric`).
         generator: source of the member choice and the Gaussian noise.
 
     Returns:
@@ -109,7 +83,7 @@ def rollout(
         rew = _reward(pred, member, rows, obs, act, next_obs, reward_fn, generator)
         u = None
         if penalty_lambda or pred.next_obs_var is not None:
-            u = aleatoric_uncertainty(pred, uncertainty)
+            u = aleatoric(pred, uncertainty)
             rew = rew - penalty_lambda * u
         terminal = terminal_fn(obs, act, next_obs)
         valid = torch.isfinite(next_obs).all(dim=-1) & torch.isfinite(rew)
