@@ -14,7 +14,7 @@ $(BIN)/ombrl: pyproject.toml requirements.lock
 	touch $@
 
 study: $(BIN)/ombrl
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) results/figures/avg_return.pdf
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
 
 test: $(BIN)/ombrl
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m "not slurm"
