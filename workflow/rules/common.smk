@@ -42,7 +42,14 @@ STAGE_SOURCES = {
     "collect": ["data/collect.py", "data/controllers.py"],
     "ensemble": READ_DATA + ["models/ensemble.py", "models/fit.py"],
     "policy": READ_DATA
-    + ["policies.py", "evaluate.py", "tasks.py", "data/scores.py", "agents/buffer.py"],
+    + [
+        "policies.py",
+        "evaluate.py",
+        "tasks.py",
+        "data/scores.py",
+        "agents/buffer.py",
+        "agents/base.py",
+    ],
     "scores": ["scores.py"],
 }
 MODE_SOURCES = {

@@ -7,14 +7,15 @@ evaluation and model files treat both alike.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ombrl.agents.base import Agent
 from ombrl.agents.buffer import Batch
-from ombrl.agents.sac import action_scale, as_obs_tensor, check_keys, mlp
+from ombrl.agents.sac import action_scale, check_keys, mlp
 from ombrl.checkpoint import load_optimizer_tensors, optimizer_tensors
 from ombrl.errors import OmbrlError
 
@@ -28,7 +29,7 @@ class BCConfig:
     batch_size: int  # transitions per update
 
 
-class BC:
+class BC(Agent):
     """A deterministic MLP policy fitted by mean squared error to (s, a) pairs.
 
     Args:
@@ -53,10 +54,7 @@ class BC:
         device: torch.device,
         seed: int,
     ) -> None:
-        self.obs_dim, self.act_dim, self.cfg = obs_dim, act_dim, cfg
-        self.device = torch.device(device)
-        self.action_low = np.broadcast_to(np.asarray(action_low, np.float32), (act_dim,)).copy()
-        self.action_high = np.broadcast_to(np.asarray(action_high, np.float32), (act_dim,)).copy()
+        super().__init__(obs_dim, act_dim, action_low, action_high, cfg, device)
         init = torch.Generator().manual_seed(seed)
         self.net = mlp(obs_dim, cfg.hidden_size, act_dim, init).to(self.device)
         self.center, self.scale = action_scale(
@@ -67,18 +65,6 @@ class BC:
         )
         self.step = 0
 
-    @property
-    def spec(self) -> dict:
-        """JSON-serialisable constructor arguments (minus device and seed) to rebuild the agent."""
-        return {
-            "kind": self.kind,
-            "obs_dim": self.obs_dim,
-            "act_dim": self.act_dim,
-            "action_low": self.action_low.tolist(),
-            "action_high": self.action_high.tolist(),
-            "config": asdict(self.cfg),
-        }
-
     def _forward(self, obs: Tensor) -> Tensor:
         return self.center + self.scale * torch.tanh(self.net(obs))
 
@@ -86,12 +72,6 @@ class BC:
         """Actions B x act_dim for observations B x obs_dim (always deterministic)."""
         with torch.no_grad():
             return self._forward(obs)
-
-    def act(self, obs: np.ndarray | Tensor, deterministic: bool) -> np.ndarray:
-        """Actions as numpy: obs_dim -> act_dim, or B x obs_dim -> B x act_dim."""
-        obs_t = as_obs_tensor(obs, self.device)
-        act = self.policy(obs_t.reshape(-1, self.obs_dim), deterministic)
-        return act.reshape(*obs_t.shape[:-1], self.act_dim).cpu().numpy()
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One Adam step on `mean((pi(s) - a)^2)`; returns {"bc_loss": ...}."""

@@ -11,13 +11,14 @@ stores terminals). All randomness (initial weights, policy noise) comes from one
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ombrl.agents.base import Agent
 from ombrl.agents.buffer import Batch
 from ombrl.checkpoint import load_optimizer_tensors, optimizer_tensors
 from ombrl.errors import OmbrlError
@@ -66,11 +67,6 @@ def action_scale(
     low_t = torch.as_tensor(low, dtype=torch.float32, device=device).expand(act_dim)
     high_t = torch.as_tensor(high, dtype=torch.float32, device=device).expand(act_dim)
     return (high_t + low_t) / 2, (high_t - low_t) / 2
-
-
-def as_obs_tensor(obs: np.ndarray | Tensor, device: torch.device) -> Tensor:
-    """Observations as a float32 tensor on `device` (obs_dim or B x obs_dim)."""
-    return torch.as_tensor(obs, dtype=torch.float32, device=device)
 
 
 def check_keys(
@@ -167,7 +163,7 @@ class GaussianActor(nn.Module):
         return self.center + self.scale * torch.tanh(u), log_prob
 
 
-class SAC:
+class SAC(Agent):
     """Soft actor-critic agent.
 
     Args:
@@ -192,10 +188,7 @@ class SAC:
         device: torch.device,
         seed: int,
     ) -> None:
-        self.obs_dim, self.act_dim, self.cfg = obs_dim, act_dim, cfg
-        self.device = torch.device(device)
-        self.action_low = np.broadcast_to(np.asarray(action_low, np.float32), (act_dim,)).copy()
-        self.action_high = np.broadcast_to(np.asarray(action_high, np.float32), (act_dim,)).copy()
+        super().__init__(obs_dim, act_dim, action_low, action_high, cfg, device)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         init = torch.Generator().manual_seed(seed)  # CPU: weights are drawn before moving
         center, scale = action_scale(
@@ -220,18 +213,6 @@ class SAC:
         )
         self.step = 0
 
-    @property
-    def spec(self) -> dict:
-        """JSON-serialisable constructor arguments (minus device and seed) to rebuild the agent."""
-        return {
-            "kind": self.kind,
-            "obs_dim": self.obs_dim,
-            "act_dim": self.act_dim,
-            "action_low": self.action_low.tolist(),
-            "action_high": self.action_high.tolist(),
-            "config": asdict(self.cfg),
-        }
-
     def policy(self, obs: Tensor, deterministic: bool) -> Tensor:
         """Actions for a batch of observations, without gradients.
 
@@ -244,12 +225,6 @@ class SAC:
         """
         with torch.no_grad():
             return self.actor(obs, deterministic, self.generator)[0]
-
-    def act(self, obs: np.ndarray | Tensor, deterministic: bool) -> np.ndarray:
-        """Actions as numpy: obs_dim -> act_dim, or B x obs_dim -> B x act_dim."""
-        obs_t = as_obs_tensor(obs, self.device)
-        act = self.policy(obs_t.reshape(-1, self.obs_dim), deterministic)
-        return act.reshape(*obs_t.shape[:-1], self.act_dim).cpu().numpy()
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step of critics, actor and temperature, then the target update.
