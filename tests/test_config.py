@@ -42,7 +42,7 @@ def test_every_problem_is_reported_one_line_each():
     assert "colour: unknown key" in text
     assert "seeds.0: 'zero' is not of type 'integer'" in text
     assert "modes.bc.stepz: unknown key" in text
-    assert "modes.magic: unknown name; choose from bc, aleatoric-penalty" in text
+    assert "modes.magic: unknown name; choose from bc, sac, mbpo, epistemic-penalty" in text
     assert "datasets.pendulum-random.policy: 'great' is not one of random, medium, expert" in text
 
 
@@ -130,3 +130,32 @@ def test_per_dataset_overrides_are_validated_and_applied():
     text = str(info.value)
     assert "overrides.nowhere: not an entry of datasets" in text
     assert "overrides.pendulum-medium.aleatoric-penalty: rollout_length: 'long'" in text
+
+
+def test_yaml_aliases_give_each_mode_its_own_defaults(tmp_path):
+    """Modes sharing one YAML anchor are filled and checked one by one, not as one object."""
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        "seeds: [0]\n"
+        "datasets: {d: {source: collect, env: InvertedPendulum-v5, policy: random,"
+        " transitions: 10}}\n"
+        "ensembles: {e: {config: pnn}}\n"
+        "modes:\n"
+        "  mbpo: &shared {ensemble: e}\n"
+        "  epistemic-penalty: *shared\n"
+        "  aleatoric-partitioning: *shared\n"
+    )
+    study = load_study(read_yaml(path), str(path))
+    modes = study["modes"]
+    assert "penalty_lambda" not in modes["mbpo"] and "threshold" not in modes["mbpo"]
+    assert modes["epistemic-penalty"]["scale"] == "normalized"
+    assert modes["aleatoric-partitioning"]["uncertainty"] == "max_var"
+    assert modes["mbpo"]["reward_source"] == "sampled"
+    assert modes["epistemic-penalty"]["reward_source"] == "mean"
+
+
+def test_a_choice_named_none_is_a_choice_and_not_null():
+    parsed = parse_params(
+        ["scale=none", "halt_penalty=none", "threshold=2"], "epistemic_partitioning"
+    )
+    assert parsed == {"scale": "none", "halt_penalty": None, "threshold": 2}

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ombrl.errors import OmbrlError
 from ombrl.models.ensemble import DynamicsEnsemble, Prediction
-from ombrl.models.model_env import rollout
+from ombrl.models.model_env import Pessimism, rollout
 from ombrl.models.uncertainty import aleatoric as aleatoric_uncertainty
 from ombrl.tasks import get_task
 
@@ -47,6 +47,13 @@ def never(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+NONE = Pessimism()
+
+
+def penalty(kind: str, lam: float) -> Pessimism:
+    return Pessimism("penalty", kind, penalty_lambda=lam)
 
 
 def test_uncertainty_kinds_match_their_definitions() -> None:
@@ -89,11 +96,11 @@ def test_penalty_lowers_rewards_by_exactly_lambda_u(kind: str) -> None:
     predict = shifted_members(var_scale=0.5)
     start = torch.randn(64, OBS, generator=gen(1))
     args = (predict, [0, 2, 3], zero_policy, start, 3, sum_reward, never)
-    plain, _ = rollout(*args, 0.0, kind, gen(7))
-    penalised, stats = rollout(*args, 2.5, kind, gen(7))
+    plain, _ = rollout(*args, penalty(kind, 0.0), "sampled", gen(7))
+    penalised, stats = rollout(*args, penalty(kind, 2.5), "sampled", gen(7))
     # Same generator: same members and noise, so the same transitions.
     torch.testing.assert_close(penalised.next_obs, plain.next_obs)
-    u = aleatoric_uncertainty(predict(plain.obs, plain.act), kind)
+    u = aleatoric_uncertainty(predict(plain.obs, plain.act), kind, [0, 2, 3])
     assert (u > 0).all()
     torch.testing.assert_close(plain.rew - penalised.rew, 2.5 * u)
     torch.testing.assert_close(plain.rew, sum_reward(plain.obs, plain.act, plain.next_obs))
@@ -103,7 +110,7 @@ def test_penalty_lowers_rewards_by_exactly_lambda_u(kind: str) -> None:
 def test_samples_come_from_elites_only_and_each_elite_is_used() -> None:
     start = torch.zeros(2000, OBS)
     batch, stats = rollout(
-        shifted_members(), [1, 3], zero_policy, start, 1, sum_reward, never, 0.0, "max_norm", gen()
+        shifted_members(), [1, 3], zero_policy, start, 1, sum_reward, never, NONE, "sampled", gen()
     )
     shifts = (batch.next_obs - batch.obs)[:, 0]
     assert set(shifts.unique().tolist()) == {1.0, 3.0}
@@ -121,8 +128,8 @@ def test_probabilistic_samples_follow_the_predicted_variance() -> None:
         1,
         sum_reward,
         never,
-        0.0,
-        "max_norm",
+        NONE,
+        "sampled",
         gen(),
     )
     noise = batch.next_obs - batch.obs  # member 0: mean 0, variance 1 * (1 + 0)
@@ -139,7 +146,7 @@ def test_rollouts_stop_at_terminal_states_and_never_continue_from_them() -> None
         return next_obs[:, 0] > 3.5
 
     batch, stats = rollout(
-        shifted_members(), [1], zero_policy, start, 6, sum_reward, past, 0.0, "max_norm", gen()
+        shifted_members(), [1], zero_policy, start, 6, sum_reward, past, NONE, "sampled", gen()
     )
     # Steps before terminating: start 0 -> 4 (x' = 1, 2, 3, 4), 1 -> 3, 2 -> 2, 10 -> 1.
     firsts = batch.obs[:, 0]
@@ -162,7 +169,7 @@ def test_non_finite_predictions_are_dropped_and_stop() -> None:
     start = torch.zeros(3, OBS)
     start[0, 0] = 2.0
     batch, stats = rollout(
-        blows_up, [0], zero_policy, start, 4, sum_reward, never, 0.0, "max_norm", gen()
+        blows_up, [0], zero_policy, start, 4, sum_reward, never, NONE, "sampled", gen()
     )
     # Sample 0 blows up at once; the others step 0 -> 1 -> 2, then blow up.
     assert torch.isfinite(batch.next_obs).all() and torch.isfinite(batch.rew).all()
@@ -180,24 +187,26 @@ def test_model_reward_head_is_used_without_a_task_reward() -> None:
         2,
         None,
         never,
-        0.0,
-        "max_norm",
+        NONE,
+        "sampled",
         gen(),
     )
     torch.testing.assert_close(batch.rew, 10 * batch.next_obs[:, 0])
     with pytest.raises(OmbrlError, match="reward"):
-        rollout(shifted_members(), [2], zero_policy, start, 2, None, never, 0.0, "max_norm", gen())
+        rollout(shifted_members(), [2], zero_policy, start, 2, None, never, NONE, "sampled", gen())
 
 
 def test_penalty_needs_a_probabilistic_model_and_a_known_kind() -> None:
     start = torch.zeros(4, OBS)
     args = (zero_policy, start, 2, sum_reward, never)
-    batch, _ = rollout(shifted_members(), [0], *args, 0.0, "max_norm", gen())
+    batch, _ = rollout(shifted_members(), [0], *args, NONE, "sampled", gen())
     assert len(batch) == 8
     with pytest.raises(OmbrlError, match="probabilistic"):
-        rollout(shifted_members(), [0], *args, 1.0, "max_norm", gen())
+        rollout(shifted_members(), [0], *args, penalty("max_norm", 1.0), "sampled", gen())
     with pytest.raises(OmbrlError, match="max_std"):
-        rollout(shifted_members(var_scale=1.0), [0], *args, 1.0, "max_std", gen())
+        penalty("max_std", 1.0)
+    with pytest.raises(OmbrlError, match="reward_source"):
+        rollout(shifted_members(), [0], *args, NONE, "median", gen())
 
 
 def test_same_generator_seed_gives_identical_rollouts() -> None:
@@ -210,11 +219,12 @@ def test_same_generator_seed_gives_identical_rollouts() -> None:
         4,
         sum_reward,
         never,
-        1.0,
+        penalty("max_norm", 1.0),
+        "sampled",
     )
-    first, _ = rollout(*args, "max_norm", gen(5))
-    again, _ = rollout(*args, "max_norm", gen(5))
-    other, _ = rollout(*args, "max_norm", gen(6))
+    first, _ = rollout(*args, gen(5))
+    again, _ = rollout(*args, gen(5))
+    other, _ = rollout(*args, gen(6))
     torch.testing.assert_close(first.next_obs, again.next_obs, rtol=0, atol=0)
     assert not torch.equal(first.next_obs, other.next_obs)
 
@@ -238,8 +248,8 @@ def test_rollout_with_a_real_ensemble_and_task() -> None:
         5,
         task.reward,
         task.terminal,
-        1.0,
-        "max_var",
+        penalty("max_var", 1.0),
+        "sampled",
         gen(),
     )
     assert batch.obs.shape[1] == task.obs_dim and batch.act.shape == (len(batch), 1)
@@ -248,3 +258,69 @@ def test_rollout_with_a_real_ensemble_and_task() -> None:
     assert stats["rollout_uncertainty"] > 0
     # The penalty brings every reward below the task's 1 (or 0 at termination).
     assert (batch.rew < task.reward(batch.obs, batch.act, batch.next_obs)).all()
+
+
+def spread_members(obs: Tensor, act: Tensor) -> Prediction:
+    """Members agree at x = 0 and disagree in proportion to |x|: member m predicts
+    `s' = s + m |x| e_0`, with variance 0.1 everywhere (so only disagreement varies)."""
+    m = torch.arange(E, dtype=torch.float32).view(E, 1)
+    mean = obs.expand(E, -1, -1).clone()
+    mean[..., 0] += m * obs[:, 0].abs()
+    return Prediction(mean, torch.full_like(mean, 0.1), None, None)
+
+
+@pytest.mark.parametrize("halt_reward", ["replace", "add"])
+def test_partitioning_marks_exactly_the_uncertain_transitions_terminal(halt_reward: str) -> None:
+    # Elites 0 and 3 disagree by 3 |x|: u > 1.5 exactly where |x| > 0.5.
+    start = torch.linspace(-1, 1, 41).unsqueeze(1).repeat(1, OBS)
+    halt = Pessimism(
+        "partitioning", "epistemic", threshold=1.5, halt_reward=halt_reward, halt_penalty=-7.0
+    )
+    batch, stats = rollout(
+        spread_members, [0, 3], zero_policy, start, 1, sum_reward, never, halt, "sampled", gen()
+    )
+    plain, _ = rollout(
+        spread_members, [0, 3], zero_policy, start, 1, sum_reward, never, NONE, "sampled", gen()
+    )
+    uncertain = 3 * batch.obs[:, 0].abs() > 1.5
+    assert 0 < int(uncertain.sum()) < len(batch)
+    assert torch.equal(batch.terminal.bool(), uncertain)
+    expected = torch.full_like(plain.rew, -7.0) + (plain.rew if halt_reward == "add" else 0)
+    torch.testing.assert_close(batch.rew[uncertain], expected[uncertain])
+    torch.testing.assert_close(batch.rew[~uncertain], plain.rew[~uncertain])
+    assert stats["rollout_halted"] == pytest.approx(uncertain.float().mean().item())
+
+
+def test_halted_samples_never_continue() -> None:
+    # x doubles each step under member 1 (|x| added), so u grows until HALT stops the sample.
+    start = torch.full((1, OBS), 0.1)
+    halt = Pessimism("partitioning", "epistemic", threshold=0.5, halt_penalty=0.0)
+    batch, stats = rollout(
+        spread_members, [0, 1], zero_policy, start, 10, sum_reward, never, halt, "sampled", gen()
+    )
+    assert batch.terminal[-1] == 1 and (batch.terminal[:-1] == 0).all()
+    assert len(batch) < 10 and stats["rollout_terminal"] == stats["rollout_halted"] == 1.0
+
+
+def test_epistemic_penalty_follows_disagreement_not_noise() -> None:
+    start = torch.linspace(-1, 1, 21).unsqueeze(1).repeat(1, OBS)
+    args = (spread_members, [0, 2], zero_policy, start, 1, sum_reward, never)
+    plain, _ = rollout(*args, NONE, "mean", gen(3))
+    penalised, _ = rollout(
+        *args, Pessimism("penalty", "epistemic", penalty_lambda=0.5), "mean", gen(3)
+    )
+    # Elites 0 and 2 disagree by 2 |x| in dimension 0; the constant noise adds nothing.
+    torch.testing.assert_close(plain.rew - penalised.rew, 0.5 * 2 * plain.obs[:, 0].abs())
+
+
+def test_mean_reward_averages_the_elites_without_sampling_noise() -> None:
+    start = torch.randn(50, OBS, generator=gen(4))
+    args = (shifted_members(var_scale=1.0), [1, 3], zero_policy, start, 1, sum_reward, never, NONE)
+    mean, _ = rollout(*args, "mean", gen(1))
+    again, _ = rollout(*args, "mean", gen(2))
+    # Members 1 and 3 shift every dimension by 1 and 3: the mean reward is sum(s) + 2 OBS.
+    torch.testing.assert_close(mean.rew, start.sum(-1) + 2 * OBS)
+    torch.testing.assert_close(again.rew, mean.rew)
+    sampled, _ = rollout(*args, "sampled", gen(1))
+    torch.testing.assert_close(sampled.rew, sampled.next_obs.sum(-1))
+    assert not torch.allclose(sampled.rew, mean.rew)

@@ -16,7 +16,16 @@ from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
 from ombrl.evaluate import evaluate
 from ombrl.models.ensemble import DynamicsEnsemble
-from ombrl.policies import MODE_SECTIONS, PolicyConfig, RolloutConfig, policy_config, train_policy
+from ombrl.models.uncertainty import dataset_uncertainty
+from ombrl.policies import (
+    MODE_SECTIONS,
+    MODES,
+    PolicyConfig,
+    policy_config,
+    resolve_pessimism,
+    train_policy,
+)
+from ombrl.tasks import get_task
 
 ENV = "InvertedPendulum-v5"
 GAIN = np.array([2.0, 10.0, 1.0, 1.0])  # a = K s balances InvertedPendulum-v5
@@ -71,22 +80,22 @@ def tiny_ensemble(data: Dataset) -> DynamicsEnsemble:
     return model.eval()
 
 
-def mopo_config(steps: int) -> PolicyConfig:
-    return PolicyConfig(
-        steps=steps,
-        agent=SACConfig(
-            hidden_size=[32, 32], gamma=0.99, tau=0.005, lr=1e-3, batch_size=64, alpha=None
-        ),
-        rollout=RolloutConfig(
-            penalty_lambda=1.0,
-            uncertainty="max_norm",
-            rollout_length=3,
-            rollout_batch=200,
-            rollout_every=100,
-            model_retain_epochs=2,
-            real_ratio=0.25,
-        ),
-    )
+def mopo_config(steps: int, mode: str = "aleatoric-penalty", **extra) -> PolicyConfig:
+    """A small config of a model-based mode (schema defaults for every other key)."""
+    params = {
+        "ensemble": "tiny",
+        "steps": steps,
+        "hidden_size": [32, 32],
+        "lr": 1e-3,
+        "batch_size": 64,
+        "rollout_length": 3,
+        "rollout_batch": 200,
+        "rollout_every": 100,
+        "model_retain_epochs": 2,
+        "real_ratio": 0.25,
+        **extra,
+    }
+    return policy_config(mode, params)
 
 
 def run(mode, data, ensemble, cfg, seed=0, eval_every=120, episodes=2) -> tuple[object, list]:
@@ -143,19 +152,73 @@ def test_bc_loop_evaluates_at_start_every_interval_and_end(dataset) -> None:
 
 
 def test_policy_config_accepts_the_schema_vocabulary() -> None:
-    """Every key of a schema-validated mode entry (defaults filled in) maps to a field."""
+    """Every mode's schema entry (defaults filled in) maps to a config of the right shape."""
     for mode, section in MODE_SECTIONS.items():
-        params = {"ensemble": "pnn"} if mode == "aleatoric-penalty" else {}
+        params = {"ensemble": "pnn"} if MODES[mode].model else {}
         cfg = policy_config(mode, validate(params, "test", SCHEMA["$defs"][section]))
         assert cfg.steps >= 1
         assert isinstance(cfg.agent, BCConfig if mode == "bc" else SACConfig)
-        assert (cfg.rollout is None) == (mode == "bc")
-    with pytest.raises(OmbrlError, match="unknown parameters epochs"):
-        policy_config(
-            "bc", {"steps": 1, "batch_size": 1, "lr": 1.0, "hidden_size": [], "epochs": 3}
-        )
-    with pytest.raises(OmbrlError, match="missing parameters lr"):
-        policy_config("bc", {"steps": 1, "batch_size": 1, "hidden_size": []})
+        assert (cfg.rollout is None) == (mode in ("bc", "sac"))
+    assert list(MODES) == SCHEMA["$defs"]["mode_name"]["enum"]
+    upstream = {  # the defaults DESIGN.md names: MOPO's and offline-model-based-rl's choices
+        "aleatoric-penalty": ("max_norm", "sampled"),
+        "aleatoric-partitioning": ("max_var", "mean"),
+        "epistemic-partitioning": ("epistemic", "mean"),
+        "mbpo": ("epistemic", "sampled"),
+    }
+    for mode, (kind, source) in upstream.items():
+        rollout_cfg = policy_config(mode, {"ensemble": "pnn"}).rollout
+        assert (rollout_cfg.uncertainty, rollout_cfg.reward_source) == (kind, source)
+    assert policy_config("epistemic-partitioning", {"ensemble": "pnn"}).rollout.halt_reward == (
+        "replace"
+    )
+    with pytest.raises(OmbrlError, match="mode bc: epochs: unknown key"):
+        policy_config("bc", {"epochs": 3})
+    with pytest.raises(OmbrlError, match="penalty_lambda: unknown key"):
+        policy_config("mbpo", {"ensemble": "pnn", "penalty_lambda": 1.0})
+    with pytest.raises(OmbrlError, match="threshold_rule: 'mean' is not one of"):
+        policy_config("aleatoric-partitioning", {"ensemble": "pnn", "threshold_rule": "mean"})
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "bc"])
+def test_every_sac_mode_trains_and_logs_its_mechanism(dataset, mode: str) -> None:
+    model = tiny_ensemble(dataset)
+    if MODES[mode].model:
+        cfg = mopo_config(100, mode)
+    else:
+        cfg = policy_config(mode, {"steps": 100, "hidden_size": [32, 32], "batch_size": 64})
+    agent, records = run(mode, dataset, model if MODES[mode].model else None, cfg, 100, 1)
+    assert isinstance(agent, SAC) and agent.step == 100
+    last = records[-1]
+    assert np.isfinite(last["critic_loss"])
+    assert ("rollout_length" in last) == MODES[mode].model
+    assert ("rollout_uncertainty" in last) == (MODES[mode].pessimism != "none")
+    assert ("rollout_halted" in last) == (MODES[mode].pessimism == "partitioning")
+    if MODES[mode].pessimism == "partitioning":
+        assert last["halt_penalty"] == -float(np.abs(dataset.rewards).max())
+
+
+def test_data_relative_rules_are_resolved_from_the_dataset_and_elites(dataset) -> None:
+    model = tiny_ensemble(dataset)
+    task = get_task(ENV)
+    for mode, rule, beta in (
+        ("epistemic-partitioning", "max", 2.0),
+        ("aleatoric-partitioning", "percentile", 90.0),
+    ):
+        rc = mopo_config(1, mode, threshold_rule=rule, threshold=beta, halt_penalty=-3.0).rollout
+        pessimism = resolve_pessimism("partitioning", rc, model, dataset, task)
+        u = dataset_uncertainty(
+            model, dataset, [rc.uncertainty], 512, pessimism.scale, model.elites
+        )[rc.uncertainty]
+        expected = u.max() / beta if rule == "max" else np.percentile(u, beta)
+        assert pessimism.threshold == pytest.approx(expected, rel=1e-6)
+        assert pessimism.halt_penalty == -3.0
+        torch.testing.assert_close(pessimism.scale, 1 / model.target_std)  # `normalized`
+    rc = mopo_config(1, "epistemic-partitioning", threshold_rule="absolute", threshold=0.7).rollout
+    assert resolve_pessimism("partitioning", rc, model, dataset, task).threshold == 0.7
+    rc = mopo_config(1, "aleatoric-penalty", penalty_lambda=2.0).rollout
+    pessimism = resolve_pessimism("penalty", rc, model, dataset, task)
+    assert (pessimism.kind, pessimism.penalty_lambda, pessimism.scale) == ("penalty", 2.0, None)
 
 
 def test_user_mistakes_are_reported(dataset) -> None:
@@ -167,7 +230,7 @@ def test_user_mistakes_are_reported(dataset) -> None:
     wrong = DynamicsEnsemble(3, 1, [8], 2, True, "swish", False)
     with pytest.raises(OmbrlError, match="dimensions"):
         run("aleatoric-penalty", dataset, wrong, cfg)
-    with pytest.raises(OmbrlError, match="BCConfig"):
+    with pytest.raises(OmbrlError, match="does not belong to this mode"):
         run("bc", dataset, None, cfg)
     bc = PolicyConfig(steps=1, agent=BCConfig([8], 1e-3, 8), rollout=None)
     with pytest.raises(OmbrlError, match="Hopper-v5"):

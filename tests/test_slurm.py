@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from study_runner import ROOT, copy_workflow, snakemake
 
 pytestmark = pytest.mark.slurm
@@ -27,6 +28,19 @@ REMOTE_JOBS = {
     "figure_avg_return": 1,
     "figure_ensemble_loss": 1,
 }
+
+
+# Two modes stand for all: one model-free, one model-based (every job costs a SLURM round trip).
+SLURM_MODES = ("bc", "aleatoric-penalty")
+
+
+def copy_study(workdir: Path) -> Path:
+    """The tiny study with only `SLURM_MODES`."""
+    copy_workflow(workdir)
+    study = yaml.safe_load((workdir / "study.yaml").read_text())
+    study["modes"] = {mode: study["modes"][mode] for mode in SLURM_MODES}
+    (workdir / "study.yaml").write_text(yaml.safe_dump(study))
+    return workdir
 
 
 def cluster_problem() -> str | None:
@@ -75,14 +89,14 @@ def now() -> str:
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory) -> Path:
-    workdir = copy_workflow(tmp_path_factory.mktemp("local"))
+    workdir = copy_study(tmp_path_factory.mktemp("local"))
     result = snakemake(workdir, "--cores", "2", "--configfile", "study.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
 
 def test_the_study_runs_as_slurm_jobs_and_matches_a_local_run(local_run, tmp_path):
-    workdir = copy_workflow(tmp_path)
+    workdir = copy_study(tmp_path)
     since = now()
     result = snakemake(workdir, *PROFILES, "--configfile", "study.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -101,7 +115,7 @@ def test_the_study_runs_as_slurm_jobs_and_matches_a_local_run(local_run, tmp_pat
 
 
 def test_a_failing_job_is_reported_and_retried(tmp_path):
-    workdir = copy_workflow(tmp_path)
+    workdir = copy_study(tmp_path)
     dataset = workdir / "resources/datasets/tiny-random.hdf5"
     dataset.parent.mkdir(parents=True)
     dataset.write_text("not an HDF5 file\n")

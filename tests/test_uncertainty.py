@@ -218,6 +218,32 @@ def test_none_and_morel_scales() -> None:
         disagreement_scale("jacobi", model, obs, act)
 
 
+def test_normalized_scale_measures_in_the_models_standardised_output_space() -> None:
+    """With the `normalized` scale, u equals u of the network's own (standardised) outputs."""
+    model = random_ensemble(probabilistic=True, hidden=[8])
+    target_std = torch.tensor([0.5, 2.0, 4.0, 0.1, 3.0])  # the last is the reward's
+    model.set_normalizers(torch.zeros(D + 2), torch.ones(D + 2), torch.zeros(D + 1), target_std)
+    obs, act = torch.randn(B, D, generator=gen(1)), torch.randn(B, 2, generator=gen(2))
+    scale = disagreement_scale("normalized", model, obs, act)
+    torch.testing.assert_close(scale, 1 / target_std[:D])
+    with torch.no_grad():
+        pred = model.predict(obs, act)
+        mean, logvar = model(model.normalize_inputs(obs, act).expand(E, -1, -1))
+    raw = prediction(mean[..., :D], logvar[..., :D].exp())
+    torch.testing.assert_close(epistemic(pred, scale), epistemic(raw), rtol=1e-4, atol=1e-6)
+    for kind in ("max_norm", "max_var"):
+        torch.testing.assert_close(
+            uncertainty(pred, kind, scale), aleatoric(raw, kind), rtol=1e-4, atol=1e-6
+        )
+    # The scale weights the std: doubling it doubles max_norm and quadruples max_var.
+    torch.testing.assert_close(
+        aleatoric(raw, "max_norm", scale=torch.full((D,), 2.0)), 2 * aleatoric(raw, "max_norm")
+    )
+    torch.testing.assert_close(
+        aleatoric(raw, "max_var", scale=torch.full((D,), 2.0)), 4 * aleatoric(raw, "max_var")
+    )
+
+
 @pytest.mark.parametrize(
     ("env_id", "task"),
     [
@@ -243,11 +269,12 @@ def test_position_dims_are_the_observed_joint_positions(env_id: str, task: str) 
 
 
 def direct_uncertainties(model: DynamicsEnsemble, data: Dataset, scale: torch.Tensor) -> dict:
-    """u of every transition from one full-batch prediction, pair by pair, in float64."""
+    """u of every transition from one full-batch prediction, pair by pair, in float64 (the
+    scale weights the means and the stds)."""
     with torch.no_grad():
         pred = model.predict(torch.as_tensor(data.observations), torch.as_tensor(data.actions))
     mean = (pred.next_obs_mean * scale).double().numpy()
-    var = pred.next_obs_var.double().numpy()
+    var = (pred.next_obs_var * scale.square()).double().numpy()  # the scale weights the std
     n = len(data)
     pairs = [(i, j) for i in range(E) for j in range(i + 1, E)]
     return {

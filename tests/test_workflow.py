@@ -12,6 +12,11 @@ import pytest
 import yaml
 from study_runner import copy_workflow, scheduled, snakemake
 
+from ombrl.config import MODE_NAMES
+
+# The tiny study's modes that train on model rollouts (all but bc and sac).
+MODEL_BASED = len(MODE_NAMES) - 2
+
 
 def run(workdir, *args):
     return snakemake(workdir, "--cores", "2", *args)
@@ -35,7 +40,7 @@ def test_the_study_produces_scores_and_figure(study):
         "return",
         "normalized_score",
     ]
-    assert set(scores["mode"]) == {"bc", "aleatoric-penalty"}
+    assert set(scores["mode"]) == set(MODE_NAMES)
     assert set(scores["dataset"]) == {"tiny-random"}
     # Evaluations at step 0, every 100 updates, and at the end (200).
     assert sorted(scores.loc[scores["mode"] == "bc", "step"]) == [0, 100, 200]
@@ -45,7 +50,7 @@ def test_the_study_produces_scores_and_figure(study):
     loss = study / "results/figures/tiny-random/ensemble_loss.pdf"
     assert loss.read_bytes().startswith(b"%PDF")
     final = pd.read_csv(study / "results/tables/final_scores.csv")
-    assert len(final) == 2
+    assert sorted(final["mode"]) == sorted(MODE_NAMES)
 
 
 def test_every_job_is_a_finished_mlflow_run_in_the_study_store(study):
@@ -56,9 +61,9 @@ def test_every_job_is_a_finished_mlflow_run_in_the_study_store(study):
         name: client.search_runs([client.get_experiment_by_name(name).experiment_id])
         for name in ("ensembles", "policies")
     }
-    assert len(runs["ensembles"]) == 1 and len(runs["policies"]) == 2
+    assert len(runs["ensembles"]) == 1 and len(runs["policies"]) == len(MODE_NAMES)
     assert {r.info.status for r in runs["ensembles"] + runs["policies"]} == {"FINISHED"}
-    assert {r.data.tags["mode"] for r in runs["policies"]} == {"bc", "aleatoric-penalty"}
+    assert {r.data.tags["mode"] for r in runs["policies"]} == set(MODE_NAMES)
 
 
 def test_the_report_holds_the_figure_and_the_score_table(study):
@@ -97,7 +102,7 @@ def test_an_ensemble_parameter_reruns_the_ensemble_and_what_depends_on_it(study)
     assert result.returncode == 0, result.stderr
     assert scheduled(result) == {
         "train_ensemble": 1,
-        "train_policy": 1,
+        "train_policy": MODEL_BASED,
         "scores": 1,
         "figure_avg_return": 1,
         "figure_ensemble_loss": 1,
@@ -120,7 +125,7 @@ def test_a_new_seed_adds_only_its_jobs(study):
     assert result.returncode == 0, result.stderr
     assert scheduled(result) == {
         "train_ensemble": 1,
-        "train_policy": 2,
+        "train_policy": len(MODE_NAMES),
         "scores": 1,
         "figure_avg_return": 1,
         "figure_ensemble_loss": 1,
@@ -148,9 +153,14 @@ def test_editing_the_sac_agent_reruns_only_the_jobs_that_use_it(study):
     finally:
         restore()
     assert result.returncode == 0, result.stderr
-    assert scheduled(result) == {"train_policy": 1, "scores": 1, "figure_avg_return": 1}
-    # The policy job is the SAC-based mode's; bc does not use SAC.
-    assert re.findall(r"mode=([\w-]+), seed=\d", result.stdout) == ["aleatoric-penalty"]
+    sac_modes = [m for m in MODE_NAMES if m != "bc"]
+    assert scheduled(result) == {
+        "train_policy": len(sac_modes),
+        "scores": 1,
+        "figure_avg_return": 1,
+    }
+    # Every SAC-based mode's job; bc does not use SAC.
+    assert sorted(re.findall(r"mode=([\w-]+), seed=\d", result.stdout)) == sorted(sac_modes)
 
 
 def test_editing_the_ensemble_code_reruns_ensembles_and_dependants(study):
@@ -162,7 +172,7 @@ def test_editing_the_ensemble_code_reruns_ensembles_and_dependants(study):
     assert result.returncode == 0, result.stderr
     assert scheduled(result) == {
         "train_ensemble": 1,
-        "train_policy": 1,
+        "train_policy": MODEL_BASED,
         "scores": 1,
         "figure_avg_return": 1,
         "figure_ensemble_loss": 1,
@@ -190,7 +200,7 @@ def test_the_d4rl_study_plans_every_job_with_its_tuned_values(tmp_path):
     workdir = copy_workflow(tmp_path, "config/d4rl.yaml")
     result = run(workdir, "--configfile", "study.yaml", "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
-    datasets, seeds, modes = 12, 5, 2
+    datasets, seeds, modes = 12, 5, len(MODE_NAMES)
     assert scheduled(result) == {
         "download_dataset": datasets,
         "tracking_store": 1,
@@ -207,3 +217,11 @@ def test_the_d4rl_study_plans_every_job_with_its_tuned_values(tmp_path):
     assert all("rollout_length=15" in c and "penalty_lambda=300" in c for c in hopper)
     cheetah = [c for c in commands if "halfcheetah-medium-expert-v2.hdf5" in c]
     assert all("rollout_length=2" in c and "penalty_lambda=8.1968" in c for c in cheetah)
+    halt = [
+        line
+        for line in result.stdout.splitlines()
+        if "--mode aleatoric-partitioning" in line and "hopper-medium-v2.hdf5" in line
+    ]
+    assert len(halt) == seeds
+    assert all("rollout_length=19" in c and "threshold=0.0131" in c for c in halt)
+    assert all("threshold_rule=absolute" in c and "scale=normalized" in c for c in halt)

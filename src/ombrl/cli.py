@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ombrl.config import MODE_NAMES, SCHEMA
 from ombrl.errors import OmbrlError
 
 if TYPE_CHECKING:
@@ -202,11 +203,11 @@ def cmd_train_ensemble(args: argparse.Namespace) -> None:
 
 
 def cmd_train_policy(args: argparse.Namespace) -> None:
-    from ombrl.config import SCHEMA, parse_params, validate
+    from ombrl.config import parse_params, validate
     from ombrl.data.scores import normalized_score, reference_scores
     from ombrl.io import save_model
     from ombrl.models.ensemble import load_ensemble
-    from ombrl.policies import MODE_SECTIONS, train_policy
+    from ombrl.policies import MODES, train_policy
     from ombrl.runtime import code_version, resolve_device, setup
     from ombrl.tracking import (
         CsvLog,
@@ -216,9 +217,9 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
         write_json,
     )
 
-    section = MODE_SECTIONS[args.mode]
+    section = MODES[args.mode].section
     params = parse_params(args.params, section)
-    needs_ensemble = "ensemble" in SCHEMA["$defs"][section]["properties"]
+    needs_ensemble = MODES[args.mode].model
     if needs_ensemble:
         if args.ensemble is None:
             raise OmbrlError(f"--mode {args.mode} needs --ensemble DIR (a trained ensemble)")
@@ -304,6 +305,47 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
         write_json(out / "eval.json", {**meta, "final": final})
     if checkpoint is not None:
         checkpoint.clear()
+
+
+def cmd_uncertainty(args: argparse.Namespace) -> None:
+    from ombrl.models.ensemble import load_ensemble
+    from ombrl.models.uncertainty import (
+        ALEATORIC_KINDS,
+        dataset_statistics,
+        disagreement_scale,
+        position_dims,
+    )
+    from ombrl.runtime import resolve_device, setup
+    from ombrl.tasks import get_task
+
+    setup(args.seed, args.threads)
+    device = resolve_device(args.device)
+    dataset = load_dataset(args.dataset)
+    ensemble, _ = load_ensemble(Path(args.ensemble), device)
+    if (ensemble.obs_dim, ensemble.act_dim) != (dataset.obs_dim, dataset.act_dim):
+        raise OmbrlError(
+            f"{args.ensemble}: ensemble dimensions ({ensemble.obs_dim}, {ensemble.act_dim}) do "
+            f"not match {args.dataset}'s ({dataset.obs_dim}, {dataset.act_dim})"
+        )
+    members = ensemble.elites if args.members == "elites" else None
+    positions = position_dims(get_task(dataset.env_id).name) if args.scale == "morel" else None
+    scale = disagreement_scale(
+        args.scale, ensemble, dataset.observations, dataset.actions, positions, members
+    )
+    kinds = ["epistemic", *(ALEATORIC_KINDS if ensemble.probabilistic else ())]
+    stats = dataset_statistics(ensemble, dataset, kinds, args.batch_size, scale, members)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return
+    who = f"elites {ensemble.elites}" if members is not None else "all members"
+    print(
+        f"uncertainty of {len(dataset)} transitions of {args.dataset} under {args.ensemble} "
+        f"({who}, scale {args.scale})"
+    )
+    columns = list(next(iter(stats.values())))
+    print(f"{'kind':<10}" + "".join(f"{c:>12}" for c in columns))
+    for kind, row in stats.items():
+        print(f"{kind:<10}" + "".join(f"{row[c]:>12.5g}" for c in columns))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-policy", help="train a policy in one offline mode")
     p.add_argument("--dataset", required=True, help="D4RL name or HDF5 path")
-    p.add_argument("--mode", required=True, choices=["bc", "aleatoric-penalty"])
+    p.add_argument("--mode", required=True, choices=MODE_NAMES)
     p.add_argument("--ensemble", help="folder of a trained ensemble (model-based modes)")
     p.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--eval-every", type=int, default=1000, help="updates between evaluations")
@@ -450,6 +492,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(p)
     _add_tracking_flag(p)
     p.set_defaults(func=cmd_train_policy)
+
+    p = sub.add_parser(
+        "uncertainty", help="print a dataset's uncertainty statistics under an ensemble"
+    )
+    p.add_argument("--dataset", required=True, help="D4RL name or HDF5 path")
+    p.add_argument("--ensemble", required=True, help="folder of a trained ensemble")
+    p.add_argument(
+        "--scale",
+        default="none",
+        choices=SCHEMA["$defs"]["scale"]["enum"],
+        help="per-dimension weights, as the modes' `scale` key",
+    )
+    p.add_argument(
+        "--members",
+        default="elites",
+        choices=["elites", "all"],
+        help="members measured (rollouts use the elites)",
+    )
+    p.add_argument("--batch-size", type=int, default=8192, help="transitions per forward pass")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_uncertainty)
 
     p = sub.add_parser("scores", help="gather progress files into scores tables")
     p.add_argument("progress", nargs="+", help="progress.csv files of policy runs")

@@ -8,6 +8,7 @@ so a bad key is reported the same way, before any job runs, one line per problem
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ def _load_schema() -> dict:
 
 
 SCHEMA = _load_schema()
+#: Offline mode names, in the schema's order (the CLI's `--mode` choices).
+MODE_NAMES = list(SCHEMA["$defs"]["mode_name"]["enum"])
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -44,18 +47,33 @@ def _with_defaults(validator_class: type) -> type:
 
 
 def _copy(value: Any) -> Any:
-    return yaml.safe_load(yaml.safe_dump(value))
+    """A deep copy with no shared parts and sorted keys. YAML aliases (`*name`) load as one
+    shared object, and filling one mode's defaults must not write into another's; sorted keys
+    make rule params independent of the order keys are written in (Snakemake compares them
+    as text)."""
+    return json.loads(json.dumps(value, sort_keys=True))
 
 
 _Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def section_properties(schema: dict) -> dict:
+    """The properties a (sub)schema allows: its own and those of the `$defs` it composes
+    with `allOf` (the mode sections share SAC and rollout keys that way)."""
+    props: dict = {}
+    for part in schema.get("allOf", []):
+        props.update(section_properties(SCHEMA["$defs"][part["$ref"].split("/")[-1]]))
+    props.update(schema.get("properties", {}))
+    return props
 
 
 def _format_error(source: str, error: jsonschema.ValidationError) -> list[str]:
     """One readable line per problem, naming the file and the dotted key."""
     where = ".".join(str(p) for p in error.absolute_path)
     prefix = f"{source}: {where}" if where else source
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        known = sorted(error.schema.get("properties", {}))
+    unknown_key = error.validator in ("additionalProperties", "unevaluatedProperties")
+    if unknown_key and isinstance(error.instance, dict):
+        known = sorted(section_properties(error.schema))
         hint = f" (known: {', '.join(known)})" if known else ""
         dot = f"{prefix}." if where else f"{source}: "
         return [f"{dot}{key}: unknown key{hint}" for key in error.instance if key not in known]
@@ -125,6 +143,13 @@ def _allows_array(prop: dict) -> bool:
     return "array" in options
 
 
+def _choices(prop: dict) -> list:
+    """The enum of a property, following a `$ref` to a `$defs` entry."""
+    if "$ref" in prop:
+        prop = SCHEMA["$defs"][prop["$ref"].split("/")[-1]]
+    return prop.get("enum", [])
+
+
 def _only_array(prop: dict) -> bool:
     return prop.get("type") == "array"
 
@@ -137,7 +162,7 @@ def parse_params(items: Iterable[str], section: str) -> dict:
     Raises:
         OmbrlError: for a string without `=` or a key the section does not have.
     """
-    props = SCHEMA["$defs"][section]["properties"]
+    props = section_properties(SCHEMA["$defs"][section])
     parsed: dict = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -146,7 +171,9 @@ def parse_params(items: Iterable[str], section: str) -> dict:
         if key not in props:
             raise OmbrlError(f"--params {key}: unknown key (known: {', '.join(sorted(props))})")
         prop = props[key]
-        if _allows_array(prop) and ("," in text or _only_array(prop)):
+        if text in _choices(prop):  # e.g. `scale=none` is the choice "none", not null
+            parsed[key] = text
+        elif _allows_array(prop) and ("," in text or _only_array(prop)):
             parsed[key] = [
                 _parse_scalar(t.strip()) for t in text.strip("[]").split(",") if t.strip()
             ]

@@ -1,11 +1,21 @@
 """The policy stage: train one policy in one offline mode, evaluating as it goes.
 
-Modes of this milestone:
+Modes (`MODES`; their keys and defaults are in the config schema):
 - `bc`: behaviour cloning on the dataset.
-- `aleatoric-penalty` (MOPO): SAC on h-step model rollouts from dataset states, with reward
-  `r - lambda * u` (u aleatoric), mixed with real transitions at `real_ratio`. Every
-  `rollout_every` updates a new round of `rollout_batch` rollouts enters a model buffer that
-  keeps the last `model_retain_epochs` rounds.
+- `sac`: SAC on the dataset alone (offline, model-free, no pessimism).
+- `mbpo`: SAC on h-step model rollouts from dataset states mixed with real transitions at
+  `real_ratio`; no pessimism.
+- `epistemic-penalty`, `aleatoric-penalty` (MOPO): as mbpo, with reward `r - lambda * u`.
+- `epistemic-partitioning`, `aleatoric-partitioning` (MOReL's HALT): as mbpo, but a model
+  transition with `u > threshold` is terminal and its reward is replaced (or has added)
+  `halt_penalty`.
+Every `rollout_every` updates a new round of `rollout_batch` rollouts enters a model buffer
+that keeps the last `model_retain_epochs` rounds.
+
+Rules that depend on the data (a threshold relative to the dataset's own uncertainty, the
+`jacobian` and `normalized` scales, the default HALT penalty `-max |r|`) are resolved once,
+before training, from the dataset and the ensemble's elites; the resolved numbers are logged
+with every evaluation (`halt_threshold`, `halt_penalty`).
 
 All randomness derives from `seed` (weights, batches, rollouts, policy noise); evaluation uses
 its own fixed seeds. Same seed and thread count give identical numbers.
@@ -30,31 +40,75 @@ from ombrl.agents.bc import BC, BCConfig
 from ombrl.agents.buffer import Batch, ReplayBuffer
 from ombrl.agents.sac import SAC, SACConfig
 from ombrl.checkpoint import Checkpointer, prefixed, subset
+from ombrl.config import SCHEMA, validate
 from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
 from ombrl.evaluate import evaluate
 from ombrl.models.ensemble import DynamicsEnsemble
-from ombrl.models.model_env import rollout
-from ombrl.models.uncertainty import ALEATORIC_KINDS
+from ombrl.models.model_env import Pessimism, rollout
+from ombrl.models.uncertainty import (
+    dataset_uncertainty,
+    disagreement_scale,
+    position_dims,
+    threshold,
+)
 from ombrl.tasks import Task, get_task
 
+
+@dataclass(frozen=True)
+class Mode:
+    """What an offline mode is made of.
+
+    Attributes:
+        section: the `$defs` entry of the config schema that holds its parameters.
+        agent: `bc` or `sac`.
+        model: trains on model rollouts (needs an ensemble).
+        pessimism: `none`, `penalty` or `partitioning`.
+        uncertainty: `epistemic` or `aleatoric` (the kind is a config key); None without
+            pessimism.
+    """
+
+    section: str
+    agent: str
+    model: bool
+    pessimism: str = "none"
+    uncertainty: str | None = None
+
+
+MODES = {
+    "bc": Mode("bc", "bc", model=False),
+    "sac": Mode("sac", "sac", model=False),
+    "mbpo": Mode("mbpo", "sac", model=True),
+    "epistemic-penalty": Mode("epistemic_penalty", "sac", True, "penalty", "epistemic"),
+    "aleatoric-penalty": Mode("aleatoric_penalty", "sac", True, "penalty", "aleatoric"),
+    "epistemic-partitioning": Mode(
+        "epistemic_partitioning", "sac", True, "partitioning", "epistemic"
+    ),
+    "aleatoric-partitioning": Mode(
+        "aleatoric_partitioning", "sac", True, "partitioning", "aleatoric"
+    ),
+}
 #: Offline mode -> the `$defs` entry of the config schema that holds its parameters.
-MODE_SECTIONS = {"bc": "bc", "aleatoric-penalty": "aleatoric_penalty"}
-#: Mode parameters that select inputs rather than configure training.
-_INPUT_KEYS = {"ensemble"}
+MODE_SECTIONS = {name: mode.section for name, mode in MODES.items()}
 
 
 @dataclass
 class RolloutConfig:
-    """Model rollouts and pessimism of the `aleatoric-penalty` mode (MOPO)."""
+    """Model rollouts of the model-based modes and how uncertain transitions are treated."""
 
-    penalty_lambda: float  # lambda in r - lambda * u
-    uncertainty: str  # max_norm (MOPO) | max_var (offline-model-based-rl)
     rollout_length: int  # h, model steps per rollout
     rollout_batch: int  # start states (dataset states) per rollout round
     rollout_every: int  # updates between rollout rounds
     model_retain_epochs: int  # rollout rounds kept in the model buffer
     real_ratio: float  # share of real transitions in each batch
+    reward_source: str  # sampled (MOPO, MBPO) | mean over elites (offline-model-based-rl)
+    uncertainty: str = "epistemic"  # epistemic | max_norm | max_var
+    scale: str = "none"  # none | normalized | morel | jacobian
+    penalty_lambda: float = 0.0  # lambda in r - lambda * u (penalty modes)
+    threshold_rule: str = "absolute"  # absolute | max | meanstd | percentile (partitioning)
+    threshold: float = float("inf")  # the threshold (absolute) or the rule's beta
+    halt_reward: str = "replace"  # replace | add (partitioning)
+    halt_penalty: float | None = None  # None: -max |r| of the dataset
 
 
 @dataclass
@@ -63,39 +117,32 @@ class PolicyConfig:
 
     steps: int  # gradient updates
     agent: SACConfig | BCConfig  # the learner's hyperparameters
-    rollout: RolloutConfig | None  # model rollouts; None for model-free modes (bc)
+    rollout: RolloutConfig | None  # model rollouts; None for model-free modes (bc, sac)
 
 
 def policy_config(mode: str, params: Mapping) -> PolicyConfig:
-    """Build a `PolicyConfig` from one validated `modes.<mode>` entry of a study config.
+    """Build a `PolicyConfig` from one `modes.<mode>` entry of a study config.
 
     Args:
-        mode: "bc" or "aleatoric-penalty".
-        params: that mode's keys (schema vocabulary); `ensemble` (an input, not a setting)
-            is ignored.
+        mode: a name of `MODES`.
+        params: that mode's keys (schema vocabulary), validated here with its defaults;
+            `ensemble` (an input, not a setting) is ignored.
 
     Raises:
-        OmbrlError: an unknown mode, or a missing or unknown key.
+        OmbrlError: an unknown mode, or an unknown key or bad value (every problem listed).
     """
-    _check_mode(mode)
-    agent_cls = BCConfig if mode == "bc" else SACConfig
-    parts = [agent_cls] if mode == "bc" else [agent_cls, RolloutConfig]
-    known = {"steps"} | {f.name for cls in parts for f in fields(cls)}
-    given = set(params) - _INPUT_KEYS
-    if missing := sorted(known - given):
-        raise OmbrlError(f"mode {mode}: missing parameters {', '.join(missing)}")
-    if unknown := sorted(given - known):
-        raise OmbrlError(f"mode {mode}: unknown parameters {', '.join(unknown)}")
-
-    def build(cls):
-        return cls(**{f.name: params[f.name] for f in fields(cls)})
-
-    rollout_cfg = build(RolloutConfig) if mode != "bc" else None
-    if rollout_cfg is not None and rollout_cfg.uncertainty not in ALEATORIC_KINDS:
-        raise OmbrlError(
-            f"uncertainty: {rollout_cfg.uncertainty!r} is not one of {', '.join(ALEATORIC_KINDS)}"
-        )
-    return PolicyConfig(steps=int(params["steps"]), agent=build(agent_cls), rollout=rollout_cfg)
+    spec = _mode(mode)
+    checked = validate(dict(params), f"mode {mode}", SCHEMA["$defs"][spec.section])
+    checked.pop("ensemble", None)
+    agent_cls = BCConfig if spec.agent == "bc" else SACConfig
+    agent = agent_cls(**{f.name: checked[f.name] for f in fields(agent_cls)})
+    rollout_cfg = None
+    if spec.model:
+        values = {f.name: checked[f.name] for f in fields(RolloutConfig) if f.name in checked}
+        if spec.uncertainty == "epistemic":
+            values["uncertainty"] = "epistemic"
+        rollout_cfg = RolloutConfig(**values)
+    return PolicyConfig(steps=int(checked["steps"]), agent=agent, rollout=rollout_cfg)
 
 
 def make_agent(
@@ -104,13 +151,13 @@ def make_agent(
     """A fresh learner for `mode`, its actions bounded as the environment's are.
 
     Args:
-        mode: "bc" or "aleatoric-penalty".
+        mode: a name of `MODES`.
         cfg: the mode's config (its `agent` must match the mode).
         env_id: gymnasium id whose action space sets the bounds.
         device: where the networks live.
         seed: seeds the initial weights and policy noise.
     """
-    _check_mode(mode)
+    spec = _mode(mode)
     try:
         env = gym.make(env_id)
     except gym.error.Error as err:
@@ -119,13 +166,10 @@ def make_agent(
     env.close()
     obs_dim, act_dim = space[0].shape[0], space[1].shape[0]
     low, high = space[1].low, space[1].high
-    if mode == "bc":
-        if not isinstance(cfg.agent, BCConfig):
-            raise OmbrlError("mode bc needs a BCConfig")
-        return BC(obs_dim, act_dim, low, high, cfg.agent, device, seed)
-    if not isinstance(cfg.agent, SACConfig) or cfg.rollout is None:
-        raise OmbrlError(f"mode {mode} needs a SACConfig and a RolloutConfig")
-    return SAC(obs_dim, act_dim, low, high, cfg.agent, device, seed)
+    agent_cls, cfg_cls = (BC, BCConfig) if spec.agent == "bc" else (SAC, SACConfig)
+    if not isinstance(cfg.agent, cfg_cls) or spec.model != (cfg.rollout is not None):
+        raise OmbrlError(f"mode {mode}: the config does not belong to this mode")
+    return agent_cls(obs_dim, act_dim, low, high, cfg.agent, device, seed)
 
 
 def train_policy(
@@ -145,7 +189,7 @@ def train_policy(
     """Train a policy offline and evaluate it in the real environment along the way.
 
     Args:
-        mode: "bc" or "aleatoric-penalty".
+        mode: a name of `MODES`.
         dataset: the offline data (policies are evaluated in `dataset.env_id`).
         ensemble: the trained dynamics model (model-based modes), on `device`; else None.
         cfg: a `PolicyConfig`, or the mode's parameter dict (see `policy_config`).
@@ -251,7 +295,7 @@ class _Progress:
 
 
 class RealSampler:
-    """Training batches of real transitions (model-free modes: bc).
+    """Training batches of real transitions (model-free modes: bc, sac).
 
     Args:
         real: the dataset's transitions.
@@ -276,9 +320,9 @@ class RealSampler:
 
 
 class RolloutSampler(RealSampler):
-    """MOPO's batches: real transitions mixed with a model buffer that every `rollout_every`
-    updates receives a round of `rollout_batch` rollouts of the current policy and keeps the
-    last `model_retain_epochs` rounds.
+    """Model-based batches: real transitions mixed with a model buffer that every
+    `rollout_every` updates receives a round of `rollout_batch` rollouts of the current policy
+    and keeps the last `model_retain_epochs` rounds.
 
     Args:
         real: the dataset's transitions (also the rollouts' start states).
@@ -286,7 +330,8 @@ class RolloutSampler(RealSampler):
         generator: start states, member choice, model noise and batch draws.
         ensemble: the trained dynamics model.
         task: reward and termination functions of the environment.
-        rc: rollout and pessimism settings.
+        rc: rollout settings.
+        pessimism: resolved pessimism (see `resolve_pessimism`).
         policy: `obs B x obs_dim -> act B x act_dim` (stochastic).
     """
 
@@ -298,10 +343,12 @@ class RolloutSampler(RealSampler):
         ensemble: DynamicsEnsemble,
         task: Task,
         rc: RolloutConfig,
+        pessimism: Pessimism,
         policy: Callable[[Tensor], Tensor],
     ) -> None:
         super().__init__(real, batch_size, generator)
         self.ensemble, self.task, self.rc, self.policy = ensemble, task, rc, policy
+        self.pessimism = pessimism
         capacity = rc.model_retain_epochs * rc.rollout_batch * rc.rollout_length
         self.model = ReplayBuffer(capacity, real.obs.shape[1], real.act.shape[1], real.device)
         self.num_real = int(round(batch_size * rc.real_ratio))
@@ -320,12 +367,12 @@ class RolloutSampler(RealSampler):
                 rc.rollout_length,
                 self.task.reward,
                 self.task.terminal,
-                rc.penalty_lambda,
-                rc.uncertainty,
+                self.pessimism,
+                rc.reward_source,
                 g,
             )
             self.model.add(transitions)
-            self.stats = stats
+            self.stats = {**stats, **resolved_numbers(self.pessimism)}
         if len(self.model) == 0:  # every model transition so far was non-finite
             return self.real.sample(self.batch_size, g), dict(self.stats)
         parts = [self.real.sample(self.num_real, g)] if self.num_real else []
@@ -353,7 +400,7 @@ def _make_sampler(
     generator: torch.Generator,
 ) -> RealSampler:
     """The batch source of `mode`, after checking the ensemble fits the dataset."""
-    if mode == "bc":
+    if cfg.rollout is None:
         return RealSampler(real, cfg.agent.batch_size, generator)
     if ensemble is None:
         raise OmbrlError(f"mode {mode} needs a trained ensemble")
@@ -362,17 +409,81 @@ def _make_sampler(
             f"ensemble dimensions ({ensemble.obs_dim}, {ensemble.act_dim}) do not match the "
             f"dataset's ({dataset.obs_dim}, {dataset.act_dim})"
         )
+    task = get_task(dataset.env_id)
     return RolloutSampler(
         real,
         cfg.agent.batch_size,
         generator,
         ensemble,
-        get_task(dataset.env_id),
+        task,
         cfg.rollout,
+        resolve_pessimism(_mode(mode).pessimism, cfg.rollout, ensemble, dataset, task),
         lambda obs: agent.policy(obs, deterministic=False),
     )
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in MODE_SECTIONS:
-        raise OmbrlError(f"mode: {mode!r} is not one of {', '.join(MODE_SECTIONS)}")
+def resolve_pessimism(
+    kind: str, rc: RolloutConfig, ensemble: DynamicsEnsemble, dataset: Dataset, task: Task
+) -> Pessimism:
+    """Turn a mode's rules into numbers, from the dataset and the ensemble's elites.
+
+    The scale comes from `disagreement_scale` (the `jacobian` one from a fixed sample of
+    dataset states); a threshold rule other than `absolute` is applied to the uncertainty of
+    every dataset transition, measured exactly as rollouts measure it (same kind, scale and
+    members); a `null` HALT penalty becomes `-max |r|` of the dataset.
+
+    Args:
+        kind: `none`, `penalty` or `partitioning`.
+        rc: the mode's rollout settings.
+        ensemble: the dynamics model.
+        dataset: the offline data.
+        task: gives the position count of the `morel` scale.
+    """
+    if kind == "none":
+        return Pessimism()
+    positions = position_dims(task.name) if rc.scale == "morel" else None
+    scale = disagreement_scale(
+        rc.scale,
+        ensemble,
+        dataset.observations,
+        dataset.actions,
+        positions=positions,
+        members=ensemble.elites,
+    )
+    scale = None if rc.scale == "none" else scale
+    if kind == "penalty":
+        return Pessimism("penalty", rc.uncertainty, scale, penalty_lambda=rc.penalty_lambda)
+    limit = rc.threshold
+    if rc.threshold_rule != "absolute":
+        values = dataset_uncertainty(
+            ensemble, dataset, [rc.uncertainty], _STATISTICS_BATCH, scale, ensemble.elites
+        )[rc.uncertainty]
+        limit = threshold(values, rc.threshold_rule, rc.threshold)
+    penalty = rc.halt_penalty
+    if penalty is None:
+        penalty = -float(np.abs(dataset.rewards).max())
+    return Pessimism(
+        "partitioning",
+        rc.uncertainty,
+        scale,
+        threshold=float(limit),
+        halt_reward=rc.halt_reward,
+        halt_penalty=float(penalty),
+    )
+
+
+def resolved_numbers(pessimism: Pessimism) -> dict[str, float]:
+    """The data-dependent numbers worth logging next to the rollout statistics."""
+    if pessimism.kind != "partitioning":
+        return {}
+    return {"halt_threshold": pessimism.threshold, "halt_penalty": pessimism.halt_penalty}
+
+
+def _mode(name: str) -> Mode:
+    if name not in MODES:
+        raise OmbrlError(f"mode: {name!r} is not one of {', '.join(MODES)}")
+    return MODES[name]
+
+
+#: Transitions per forward pass when measuring the dataset's uncertainty.
+_STATISTICS_BATCH = 8192

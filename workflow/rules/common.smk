@@ -52,19 +52,32 @@ STAGE_SOURCES = {
     ],
     "scores": ["scores.py"],
 }
+MODEL_BASED = [
+    "agents/sac.py",
+    "models/model_env.py",
+    "models/ensemble.py",
+    "models/uncertainty.py",
+]
 MODE_SOURCES = {
     "bc": ["agents/bc.py"],
-    "aleatoric-penalty": [
-        "agents/sac.py",
-        "models/model_env.py",
-        "models/ensemble.py",
-        "models/uncertainty.py",
-    ],
+    "sac": ["agents/sac.py"],
+    **{
+        mode: MODEL_BASED
+        for mode in [
+            "mbpo",
+            "epistemic-penalty",
+            "aleatoric-penalty",
+            "epistemic-partitioning",
+            "aleatoric-partitioning",
+        ]
+    },
 }
 
 
 def code(stage, mode=None):
-    return source_fingerprint(STAGE_SOURCES[stage] + MODE_SOURCES.get(mode, []))
+    return source_fingerprint(
+        STAGE_SOURCES[stage] + (MODE_SOURCES[mode] if mode else [])
+    )
 
 
 def names_pattern(names):

@@ -1,13 +1,20 @@
-"""The learned MDP: batched branched rollouts with MOPO's aleatoric penalty.
+"""The learned MDP: batched branched rollouts, and the pessimism that makes them safe offline.
 
 Rollouts start from dataset states and run h steps of the current policy in the model, all
 samples in one batch (tens of thousands per call). Each sample draws a random elite member per
 step and, for a probabilistic ensemble, samples the next state from that member's Gaussian
-(MOPO / MBPO). The reward comes from the task function of the sampled next state (or from the
-model's reward head), minus `lambda * u` where `u` is the aleatoric uncertainty of the whole
-ensemble at (s, a). Samples that reach a terminal state stop there; a transition whose
-prediction is not finite is dropped, because a NaN target would poison every Q value it
-touches even when masked by `1 - terminal`.
+(MOPO / MBPO). The reward comes from the task function (or the model's reward head), either of
+the sampled member's transition (MOPO) or averaged over the elites (offline-model-based-rl).
+
+Pessimism (`Pessimism`) uses the uncertainty `u(s, a)` of the elites:
+- `penalty`: `r - lambda * u` (MOPO with aleatoric u; epistemic-penalty with disagreement).
+- `partitioning` (MOReL's HALT): where `u > threshold` the transition is terminal, so SAC
+  never bootstraps through it, and its reward is replaced by (or has added) `halt_penalty`.
+- `none`: MBPO.
+
+Samples that reach a terminal (or HALT) state stop there; a transition whose prediction is not
+finite is dropped, because a NaN target would poison every Q value it touches even when masked
+by `1 - terminal`.
 
 Only a `predict(obs, act) -> Prediction` callable and the elite list are needed, so this module
 is testable with hand-written predictions and does not depend on how the model was trained.
@@ -15,7 +22,9 @@ is testable with hand-written predictions and does not depend on how the model w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -23,8 +32,45 @@ from torch import Tensor
 from ombrl.agents.buffer import Batch
 from ombrl.errors import OmbrlError
 from ombrl.models.ensemble import Prediction
-from ombrl.models.uncertainty import aleatoric
+from ombrl.models.uncertainty import UNCERTAINTY_KINDS, uncertainty
 from ombrl.tasks import RewardFn, TerminalFn
+
+PESSIMISM_KINDS = ("none", "penalty", "partitioning")
+REWARD_SOURCES = ("sampled", "mean")
+HALT_REWARDS = ("replace", "add")
+
+
+@dataclass(frozen=True)
+class Pessimism:
+    """How a rollout treats uncertain transitions (resolved numbers, not rules).
+
+    Attributes:
+        kind: `none` (MBPO), `penalty` or `partitioning`.
+        uncertainty: `epistemic`, `max_norm` or `max_var` (`ombrl.models.uncertainty`).
+        scale: obs_dim weights given to `uncertainty` (None: raw units).
+        penalty_lambda: lambda of `penalty`.
+        threshold: `partitioning` marks transitions with `u > threshold`.
+        halt_reward: `replace` (MOReL, offline-model-based-rl) or `add` (J-MOReL).
+        halt_penalty: the reward of a HALT transition (`replace`) or what is added to it.
+    """
+
+    kind: str = "none"
+    uncertainty: str = "max_norm"
+    scale: Tensor | None = None
+    penalty_lambda: float = 0.0
+    threshold: float = math.inf
+    halt_reward: str = "replace"
+    halt_penalty: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (
+            ("pessimism", self.kind, PESSIMISM_KINDS),
+            ("uncertainty", self.uncertainty, UNCERTAINTY_KINDS),
+            ("halt_reward", self.halt_reward, HALT_REWARDS),
+        ):
+            if value not in choices:
+                raise OmbrlError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+
 
 PredictFn = Callable[[Tensor, Tensor], Prediction]
 PolicyFn = Callable[[Tensor], Tensor]
@@ -38,37 +84,43 @@ def rollout(
     length: int,
     reward_fn: RewardFn | None,
     terminal_fn: TerminalFn,
-    penalty_lambda: float,
-    uncertainty: str,
+    pessimism: Pessimism,
+    reward_source: str,
     generator: torch.Generator,
 ) -> tuple[Batch, dict[str, float]]:
     """Roll the policy out in the model from `start_obs` for up to `length` steps.
 
     Args:
         predict: `(obs B x obs_dim, act B x act_dim) -> Prediction` with E x B tensors.
-        elites: member indices to sample the next state from.
+        elites: member indices to sample the next state from and to measure `u` over.
         policy: `obs B x obs_dim -> act B x act_dim` (stochastic for exploration).
         start_obs: B x obs_dim start states.
         length: h, the rollout horizon.
         reward_fn: `(s, a, s') -> B` task reward, or None to use the model's reward head.
         terminal_fn: `(s, a, s') -> B` bool, the task's termination.
-        penalty_lambda: lambda in `r - lambda * u` (0 disables the penalty).
-        uncertainty: `max_norm` or `max_var` (see `ombrl.models.uncertainty.aleatoric`).
+        pessimism: penalty, partitioning or none, with resolved numbers.
+        reward_source: `sampled` (the sampled member's transition) or `mean` (the mean over
+            the elites of each one's mean prediction).
         generator: source of the member choice and the Gaussian noise.
 
     Returns:
-        The N <= B * h transitions (penalised rewards, terminal flags) and statistics:
-        `rollout_reward` (mean penalised reward), `rollout_uncertainty` (mean u),
-        `rollout_length` (mean steps per start state), `rollout_terminal` (share of start
-        states that terminated).
+        The N <= B * h transitions (pessimistic rewards, terminal flags) and statistics:
+        `rollout_reward` (mean reward after pessimism), `rollout_uncertainty` (mean u; absent
+        without pessimism), `rollout_length` (mean steps per start state), `rollout_terminal`
+        (share of start states that terminated, HALT included), `rollout_halted` (share of
+        start states stopped by HALT; partitioning only).
     """
     if not elites:
         raise OmbrlError("rollout: the ensemble has no elite members")
+    if reward_source not in REWARD_SOURCES:
+        raise OmbrlError(
+            f"reward_source: {reward_source!r} is not one of {', '.join(REWARD_SOURCES)}"
+        )
     device = start_obs.device
     elite_index = torch.as_tensor(elites, dtype=torch.long, device=device)
     obs = start_obs
     parts: list[Batch] = []
-    u_sum, terminated = 0.0, 0
+    u_sum, terminated, halted = 0.0, 0, 0
     for _ in range(length):
         n = obs.shape[0]
         act = policy(obs)
@@ -80,12 +132,22 @@ def rollout(
         if pred.next_obs_var is not None:
             noise = torch.randn(next_obs.shape, generator=generator, device=device)
             next_obs = next_obs + pred.next_obs_var[member, rows].sqrt() * noise
-        rew = _reward(pred, member, rows, obs, act, next_obs, reward_fn, generator)
-        u = None
-        if penalty_lambda or pred.next_obs_var is not None:
-            u = aleatoric(pred, uncertainty)
-            rew = rew - penalty_lambda * u
+        if reward_source == "sampled":
+            rew = _sampled_reward(pred, member, rows, obs, act, next_obs, reward_fn, generator)
+        else:
+            rew = _mean_reward(pred, elite_index, obs, act, reward_fn)
         terminal = terminal_fn(obs, act, next_obs)
+        halt = torch.zeros_like(terminal)
+        u = None
+        if pessimism.kind != "none":
+            u = uncertainty(pred, pessimism.uncertainty, pessimism.scale, elites)
+        if pessimism.kind == "penalty":
+            rew = rew - pessimism.penalty_lambda * u
+        elif pessimism.kind == "partitioning":
+            halt = u > pessimism.threshold
+            base = rew if pessimism.halt_reward == "add" else torch.zeros_like(rew)
+            rew = torch.where(halt, base + pessimism.halt_penalty, rew)
+            terminal = terminal | halt
         valid = torch.isfinite(next_obs).all(dim=-1) & torch.isfinite(rew)
         if u is not None:
             u_sum += float(u[valid].sum())
@@ -94,6 +156,7 @@ def rollout(
         )
         alive = valid & ~terminal
         terminated += int((valid & terminal).sum())
+        halted += int((valid & halt).sum())
         obs = next_obs[alive]
         if obs.shape[0] == 0:
             break
@@ -101,14 +164,17 @@ def rollout(
     b, count = start_obs.shape[0], len(batch)
     stats = {
         "rollout_reward": float(batch.rew.mean()) if count else 0.0,
-        "rollout_uncertainty": u_sum / count if count else 0.0,
         "rollout_length": count / b,
         "rollout_terminal": terminated / b,
     }
+    if pessimism.kind != "none":
+        stats["rollout_uncertainty"] = u_sum / count if count else 0.0
+    if pessimism.kind == "partitioning":
+        stats["rollout_halted"] = halted / b
     return batch, stats
 
 
-def _reward(
+def _sampled_reward(
     pred: Prediction,
     member: Tensor,
     rows: Tensor,
@@ -121,10 +187,28 @@ def _reward(
     """The task reward of the sampled transition, or the sampled member's reward head."""
     if reward_fn is not None:
         return reward_fn(obs, act, next_obs)
-    if pred.reward_mean is None:
-        raise OmbrlError("rollout: no task reward function and the ensemble predicts no reward")
+    _check_reward_head(pred)
     rew = pred.reward_mean[member, rows]
     if pred.reward_var is not None:
         noise = torch.randn(rew.shape, generator=generator, device=rew.device)
         rew = rew + pred.reward_var[member, rows].sqrt() * noise
     return rew
+
+
+def _mean_reward(
+    pred: Prediction, elites: Tensor, obs: Tensor, act: Tensor, reward_fn: RewardFn | None
+) -> Tensor:
+    """The reward averaged over the elites: of each one's mean next state (task reward) or
+    of each one's mean reward head; no sampling noise."""
+    if reward_fn is None:
+        _check_reward_head(pred)
+        return pred.reward_mean[elites].mean(dim=0)
+    means = pred.next_obs_mean[elites]
+    k, n = means.shape[:2]
+    per_member = reward_fn(obs.repeat(k, 1), act.repeat(k, 1), means.reshape(k * n, -1)).view(k, n)
+    return per_member.mean(dim=0)
+
+
+def _check_reward_head(pred: Prediction) -> None:
+    if pred.reward_mean is None:
+        raise OmbrlError("rollout: no task reward function and the ensemble predicts no reward")

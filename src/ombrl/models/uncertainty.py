@@ -9,6 +9,8 @@ uncertainty `u(s, a)` is large. Two families of `u`, both from one `Prediction`:
   range (a joint velocity moves ~50x more than a joint angle).
 - aleatoric: the predicted noise itself (`max_norm`, MOPO; `max_var`, offline-model-based-rl).
   It also grows off the data, but it measures what a member believes is noise, not disagreement.
+  The same `scale` applies (to the std), so both kinds can be measured in the model's
+  standardised output space (`normalized`), the units of the upstream tuned thresholds.
 
 A threshold on `u` only means something relative to the `u` the dataset itself gets, so
 `dataset_statistics` computes the distribution over every dataset transition and `threshold`
@@ -30,7 +32,7 @@ from ombrl.models.ensemble import DynamicsEnsemble, Prediction
 
 ALEATORIC_KINDS = ("max_norm", "max_var")
 UNCERTAINTY_KINDS = ("epistemic", *ALEATORIC_KINDS)
-SCALE_KINDS = ("none", "morel", "jacobian")
+SCALE_KINDS = ("none", "normalized", "morel", "jacobian")
 THRESHOLD_RULES = ("max", "meanstd", "percentile")
 # MOReL's weight of a velocity dimension relative to a position dimension.
 MOREL_VELOCITY_WEIGHT = 0.02
@@ -75,7 +77,9 @@ def epistemic(
     return dist.amax(dim=(1, 2))
 
 
-def aleatoric(pred: Prediction, kind: str, members: list[int] | None = None) -> Tensor:
+def aleatoric(
+    pred: Prediction, kind: str, members: list[int] | None = None, scale: Tensor | None = None
+) -> Tensor:
     """Aleatoric uncertainty of each (s, a) from the members' predicted next-state variances.
 
     Args:
@@ -83,6 +87,8 @@ def aleatoric(pred: Prediction, kind: str, members: list[int] | None = None) -> 
         kind: `max_norm`, the largest L2 norm of a member's predicted std (MOPO), or `max_var`,
             the largest predicted variance of any member and dimension (offline-model-based-rl).
         members: member indices taking part; None means all.
+        scale: obs_dim weights applied to the std (the variance is multiplied by scale^2);
+            None means ones.
 
     Returns:
         u, B.
@@ -97,6 +103,8 @@ def aleatoric(pred: Prediction, kind: str, members: list[int] | None = None) -> 
             f"uncertainty: {kind} needs a probabilistic ensemble (probabilistic: true)"
         )
     var = _select(pred.next_obs_var, members)
+    if scale is not None:
+        var = var * scale.to(var.device, var.dtype).square()
     if kind == "max_norm":
         return var.sum(dim=-1).sqrt().amax(dim=0)
     return var.amax(dim=(0, 2))
@@ -110,7 +118,7 @@ def uncertainty(
     Args:
         pred: E x B x obs_dim predictions.
         kind: one of `UNCERTAINTY_KINDS`.
-        scale: obs_dim disagreement weights (epistemic only; aleatoric kinds ignore it).
+        scale: obs_dim weights of the mean (epistemic) or of the std (aleatoric kinds).
         members: member indices taking part; None means all.
 
     Returns:
@@ -120,7 +128,7 @@ def uncertainty(
         return epistemic(pred, scale, members)
     if kind not in ALEATORIC_KINDS:
         raise OmbrlError(f"uncertainty: {kind!r} is not one of {', '.join(UNCERTAINTY_KINDS)}")
-    return aleatoric(pred, kind, members)
+    return aleatoric(pred, kind, members, scale)
 
 
 def position_dims(task_name: str) -> int:
@@ -150,6 +158,8 @@ def disagreement_scale(
     """Per-dimension weights that make state dimensions comparable in `epistemic`.
 
     - `none`: ones (raw units).
+    - `normalized`: `1 / std` of the model's next-state targets, i.e. distances and stds in
+      the standardised space the network predicts in (offline-model-based-rl's units).
     - `morel`: 1 for the first `positions` dimensions, 0.02 for the rest (velocities).
     - `jacobian`: `1 / sqrt(mean over members and states of diag(J J^T))`, J = d f_m / d s the
       Jacobian of member m's mean next state w.r.t. the state. Dimension i's weight undoes how
@@ -173,6 +183,8 @@ def disagreement_scale(
     obs_dim = ensemble.obs_dim
     if kind == "none":
         return torch.ones(obs_dim, device=device)
+    if kind == "normalized":
+        return ensemble.target_std[:obs_dim].reciprocal()
     if kind == "morel":
         if positions is None or not 0 < positions <= obs_dim:
             raise OmbrlError(
