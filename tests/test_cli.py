@@ -258,3 +258,36 @@ def test_a_corrupted_model_is_a_clear_error_and_leaves_no_output(dataset, tmp_pa
     )
     assert_user_error(result, "model.safetensors")
     assert not (tmp_path / "policy").exists()
+
+
+def test_track_training_adds_costly_metrics_to_csv_and_mlflow(dataset, tmp_path, tracking_store):
+    from mlflow.tracking import MlflowClient
+
+    result = ombrl(
+        "train-ensemble",
+        "--dataset",
+        str(dataset),
+        "--config",
+        "config/ensembles/pnn.yaml",
+        "--params",
+        *TINY_ENSEMBLE,
+        "--seed",
+        "8",
+        "--track_training",
+        "--csv",
+        str(tmp_path / "log.csv"),
+        "--output",
+        str(tmp_path / "e"),
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    csv = pd.read_csv(tmp_path / "log.csv")
+    pd.testing.assert_frame_equal(csv, pd.read_csv(tmp_path / "e/metrics.csv"))
+    client = MlflowClient(tracking_uri=tracking_store)
+    experiment = client.get_experiment_by_name("ensembles")
+    (run,) = client.search_runs(
+        [experiment.experiment_id], "tags.seed = '8' and tags.config = 'pnn'"
+    )
+    for key in ("full_mse_ensemble", "full_nll_m0", "holdout_z2", "holdout_within_1sigma_ensemble"):
+        values = [m.value for m in client.get_metric_history(run.info.run_id, key)]
+        assert sorted(values) == sorted(csv[key])

@@ -47,11 +47,18 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return data, root / "ensemble"
 
 
+def uncertainty_json(data: Path, ensemble: Path, *flags: str) -> dict:
+    """What `ombrl uncertainty --json` prints."""
+    result = ombrl(
+        "uncertainty", "--dataset", str(data), "--ensemble", str(ensemble), "--json", *flags
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def test_uncertainty_prints_the_statistics_of_every_kind(trained):
     data, ensemble = trained
-    result = ombrl("uncertainty", "--dataset", str(data), "--ensemble", str(ensemble), "--json")
-    assert result.returncode == 0, result.stderr
-    printed = json.loads(result.stdout)
+    printed = uncertainty_json(data, ensemble)
     model, _ = load_ensemble(ensemble, torch.device("cpu"))
     dataset = read_hdf5(data)
     kinds = ["epistemic", "max_norm", "max_var"]
@@ -64,17 +71,7 @@ def test_uncertainty_prints_the_statistics_of_every_kind(trained):
     table = ombrl("uncertainty", "--dataset", str(data), "--ensemble", str(ensemble))
     assert table.returncode == 0, table.stderr
     assert "elites" in table.stdout and all(k in table.stdout for k in ["p99", *kinds])
-    scaled = ombrl(
-        "uncertainty",
-        "--dataset",
-        str(data),
-        "--ensemble",
-        str(ensemble),
-        "--json",
-        "--scale",
-        "normalized",
-    )
-    normalized = json.loads(scaled.stdout)
+    normalized = uncertainty_json(data, ensemble, "--scale", "normalized")
     scale = disagreement_scale("normalized", model, dataset.observations, dataset.actions)
     expected = dataset_statistics(model, dataset, kinds, 4096, scale, model.elites)
     for kind in kinds:
@@ -105,18 +102,7 @@ def test_uncertainty_mistakes_are_one_line_errors(trained, tmp_path):
 
 def test_a_partitioning_mode_trains_from_the_cli_and_logs_its_threshold(trained, tmp_path):
     data, ensemble = trained
-    stats = json.loads(
-        ombrl(
-            "uncertainty",
-            "--dataset",
-            str(data),
-            "--ensemble",
-            str(ensemble),
-            "--json",
-            "--scale",
-            "normalized",
-        ).stdout
-    )
+    stats = uncertainty_json(data, ensemble, "--scale", "normalized")
     result = ombrl(
         "train-policy",
         "--dataset",

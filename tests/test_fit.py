@@ -19,6 +19,7 @@ from ombrl.models.fit import (
     epoch_order,
     fit_ensemble,
     split_holdout,
+    train_step,
 )
 
 CPU = torch.device("cpu")
@@ -37,6 +38,7 @@ BASE_CFG = FitConfig(
     num_elites=2,
     normalization="std",
     grad_clip=None,
+    track_training=False,
 )
 
 
@@ -99,8 +101,16 @@ def test_deterministic_ensemble_fits_linear_system():
 def test_probabilistic_variance_is_calibrated():
     obs, act, next_obs, _ = linear_system(2, 4000, noise=True)
     model = make_model(probabilistic=True, members=2)
-    cfg = dataclasses.replace(BASE_CFG, epochs=40, bootstrap=True, lr=2e-3)
-    fit_ensemble(model, make_dataset(obs, act, next_obs), cfg, 0, CPU, progress=False)
+    cfg = dataclasses.replace(BASE_CFG, epochs=40, bootstrap=True, lr=2e-3, track_training=True)
+    result = fit_ensemble(model, make_dataset(obs, act, next_obs), cfg, 0, CPU, progress=False)
+    # The logged calibration agrees: mean z^2 near 1, about 68% inside one predicted sigma.
+    last = result.history[-1]
+    for name in ("holdout_z2", "holdout_z2_ensemble", "holdout_z2_m0", "holdout_z2_m1"):
+        assert 0.7 < last[name] < 1.5, name
+    for name in ("holdout_within_1sigma", "holdout_within_1sigma_ensemble"):
+        assert 0.6 < last[name] < 0.77, name
+    # The soft log-variance bounds are parameters that training moved from their initial values.
+    assert (model.max_logvar < 0.45).all() and (model.min_logvar > -9.95).all()
     t_obs, t_act, t_next, t_std = linear_system(3, 2000, noise=True)
     with torch.no_grad():
         pred = model.predict(torch.tensor(t_obs), torch.tensor(t_act))
@@ -320,3 +330,117 @@ def test_bad_config_raises_ombrl_error(change, match):
             CPU,
             progress=False,
         )
+
+
+def count_forward_rows(model: DynamicsEnsemble) -> list[int]:
+    """Rows (B of E x B x in) of every forward call of `model`, appended as they happen."""
+    rows: list[int] = []
+    model.register_forward_hook(lambda _module, args, _out: rows.append(args[0].shape[1]))
+    return rows
+
+
+def test_costly_metrics_only_with_track_training_and_no_extra_pass_without():
+    obs, act, next_obs, _ = linear_system(10, 1000, noise=True)
+    data = make_dataset(obs, act, next_obs)
+    cheap = ("train_mse", "train_nll_m2", "holdout_mse_ensemble", "holdout_nll_ensemble")
+    costly = ("full_mse_m0", "full_mse_ensemble", "full_nll_ensemble", "holdout_z2_ensemble")
+    runs = {}
+    for track in (False, True):
+        model = make_model(probabilistic=True)
+        rows = count_forward_rows(model)
+        cfg = dataclasses.replace(BASE_CFG, epochs=3, track_training=track)
+        result = fit_ensemble(model, data, cfg, 0, CPU, progress=False)
+        runs[track] = (rows, result.history, model.state_dict())
+        assert all(name in row for row in result.history for name in cheap)
+        assert all((name in row) == track for row in result.history for name in costly)
+
+    # 800 training rows in batches of 64, 200 holdout rows in one evaluation chunk.
+    (plain_rows, plain, plain_state), (tracked_rows, tracked, tracked_state) = runs.values()
+    assert plain_rows == 3 * ([64] * 12 + [32] + [200])  # training batches + holdout, nothing else
+    assert tracked_rows == 3 * ([64] * 12 + [32] + [200, 800])  # + one pass over the train split
+    # The extra pass observes: weights and every shared metric are the same.
+    assert all(torch.equal(plain_state[k], tracked_state[k]) for k in plain_state)
+    for row, tracked_row in zip(plain, tracked, strict=True):
+        assert {k: v for k, v in tracked_row.items() if k in row and k != "seconds"} == {
+            k: v for k, v in row.items() if k != "seconds"
+        }
+
+
+def test_full_dataset_and_calibration_metrics_match_an_independent_computation():
+    obs, act, next_obs, _ = linear_system(11, 600, noise=True)
+    model = make_model(probabilistic=True, members=2)
+    cfg = dataclasses.replace(BASE_CFG, epochs=2, num_elites=1, track_training=True)
+    predictions = []
+
+    def predict_everything(_row: dict) -> None:
+        with torch.no_grad():
+            pred = model.predict(torch.tensor(obs), torch.tensor(act))
+        predictions.append((pred.next_obs_mean.double(), pred.next_obs_var.double()))
+
+    result = fit_ensemble(
+        model,
+        make_dataset(obs, act, next_obs),
+        cfg,
+        0,
+        CPU,
+        on_epoch=predict_everything,
+        progress=False,
+    )
+    target = torch.tensor(next_obs)
+    std = model.target_std.double()  # normalised space: errors / std, variances / std^2
+    hold = torch.as_tensor(result.holdout_indices)
+    for row, (mean, var) in zip(result.history, predictions, strict=True):
+        err = (mean - target) / std
+        mse = err.square().mean(dim=(1, 2))
+        ens_err = (mean.mean(dim=0) - target) / std
+        ens_var = (var.mean(dim=0) + mean.var(dim=0, correction=0)) / std.square()
+        nll_ens = (ens_err.square() / ens_var + ens_var.log()).mean()
+        z2 = (err.square() / (var / std.square()))[:, hold]
+        expected = {
+            "full_mse_m0": mse[0],
+            "full_mse_m1": mse[1],
+            "full_mse_ensemble": ens_err.square().mean(),
+            "full_nll_ensemble": nll_ens,
+            "holdout_z2_m1": z2[1].mean(),
+            "holdout_within_1sigma_m0": (z2[0] <= 1).double().mean(),
+        }
+        for name, value in expected.items():
+            assert row[name] == pytest.approx(float(value), rel=1e-4, abs=1e-5), name
+
+
+def reward_of(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+    """A known task reward, nonlinear in the action: sum of s minus 0.5 |a|^2."""
+    return obs.sum(axis=1) - 0.5 * (act**2).sum(axis=1)
+
+
+def test_reward_head_learns_a_known_reward_function():
+    obs, act, next_obs, _ = linear_system(12, 3000, noise=True)
+    model = make_model(probabilistic=True, reward=True)
+    cfg = dataclasses.replace(BASE_CFG, epochs=30)
+    data = make_dataset(obs, act, next_obs, reward_of(obs, act))
+    fit_ensemble(model, data, cfg, 0, CPU, progress=False)
+    t_obs, t_act, _, _ = linear_system(13, 1000)
+    t_reward = reward_of(t_obs, t_act)
+    with torch.no_grad():
+        pred = model.predict(torch.tensor(t_obs), torch.tensor(t_act))
+    mse = ((pred.reward_mean.numpy() - t_reward) ** 2).mean(axis=1)
+    assert mse.max() < 0.01 * t_reward.var()
+    # The reward is deterministic: its predicted variance is far below the reward's spread.
+    assert pred.reward_var.mean() < 0.01 * t_reward.var()
+
+
+def test_train_step_clips_each_members_gradient():
+    model = make_model(members=3, hidden=[16])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3, 32, 5, generator=g), 10 * torch.randn(3, 32, 3, generator=g)
+
+    def member_norms() -> torch.Tensor:
+        return sum(p.grad.square().flatten(1).sum(dim=1) for p in model.parameters()).sqrt()
+
+    before = [p.detach().clone() for p in model.parameters()]
+    mse, nll = train_step(model, optimizer, x, y, [0.0, 0.0], None)
+    assert (member_norms() > 0.1).all() and mse.shape == (3,) and nll is None
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    train_step(model, optimizer, x, y, [0.0, 0.0], 0.1)
+    torch.testing.assert_close(member_norms(), torch.full((3,), 0.1), rtol=1e-4, atol=0)

@@ -198,6 +198,25 @@ def test_every_sac_mode_trains_and_logs_its_mechanism(dataset, mode: str) -> Non
         assert last["halt_penalty"] == -float(np.abs(dataset.rewards).max())
 
 
+def test_rollouts_use_the_reward_head_of_an_ensemble_that_learned_one(dataset) -> None:
+    """The task pays at most 1 per step; a reward head offset to ~500 must show in rollouts."""
+    task_reward = tiny_ensemble(dataset)
+    torch.manual_seed(0)
+    head = DynamicsEnsemble(4, 1, [16], 3, True, "swish", predict_reward=True)
+    head.set_normalizers(
+        task_reward.input_mean,
+        task_reward.input_std,
+        torch.cat([task_reward.target_mean, torch.tensor([500.0])]),
+        torch.cat([task_reward.target_std, torch.tensor([1.0])]),
+    )
+    head.elites = [0, 2]
+    rewards = {}
+    for name, model in (("task", task_reward), ("head", head.eval())):
+        _, records = run("mbpo", dataset, model, mopo_config(100, "mbpo"), 100, 1)
+        rewards[name] = records[-1]["rollout_reward"]
+    assert rewards["task"] <= 1.0 and rewards["head"] > 400
+
+
 def test_data_relative_rules_are_resolved_from_the_dataset_and_elites(dataset) -> None:
     model = tiny_ensemble(dataset)
     task = get_task(ENV)

@@ -146,12 +146,14 @@ def cmd_train_ensemble(args: argparse.Namespace) -> None:
         num_elites=min(cfg["num_elites"], cfg["num_models"]),
         normalization=cfg["normalization"],
         grad_clip=cfg["grad_clip"],
+        track_training=args.track_training,
     )
     checkpoint = _checkpointer(
         args,
         {
             "command": "train-ensemble",
             "config": cfg,
+            "track_training": args.track_training,  # changes the metric columns
             "device": device.type,
             "dataset_checksum": dataset.checksum,
         },
@@ -468,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--track_training",
         action="store_true",
         dest="track_training",
-        help="log the costly per-epoch metrics too",
+        help="also log the costly per-epoch metrics: full-dataset MSE/NLL (one more pass "
+        "over the training split) and holdout calibration of the predicted variance",
     )
     p.add_argument("--csv", help="also write the per-epoch metrics here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])

@@ -10,7 +10,8 @@ Modes (`MODES`; their keys and defaults are in the config schema):
   transition with `u > threshold` is terminal and its reward is replaced (or has added)
   `halt_penalty`.
 Every `rollout_every` updates a new round of `rollout_batch` rollouts enters a model buffer
-that keeps the last `model_retain_epochs` rounds.
+that keeps the last `model_retain_epochs` rounds. Model rewards come from the ensemble's reward
+head when it learned one (`predict_reward: true`), else from the task's known reward function.
 
 Rules that depend on the data (a threshold relative to the dataset's own uncertainty, the
 `jacobian` and `normalized` scales, the default HALT penalty `-max |r|`) are resolved once,
@@ -365,7 +366,7 @@ class RolloutSampler(RealSampler):
                 self.policy,
                 self.real.obs[index],
                 rc.rollout_length,
-                self.task.reward,
+                None if self.ensemble.predict_reward else self.task.reward,
                 self.task.terminal,
                 self.pessimism,
                 rc.reward_source,

@@ -1,7 +1,8 @@
 """Training a `DynamicsEnsemble` on an offline dataset: holdout, early stopping, elites.
 
-All members step together (one batched forward/backward per batch), the data is moved to the
-device once, and each epoch costs the training batches plus one holdout evaluation. Every
+All members step together (one batched forward/backward per batch, `train_step`), the data is
+moved to the device once, and each epoch costs the training batches plus one holdout evaluation;
+`track_training` adds one evaluation pass over the training split, nothing else does. Every
 random choice (holdout split, bootstrap resamples, batch order) comes from one
 `torch.Generator` seeded with `seed`, so the same seed gives the same weights and metrics.
 Everything the epoch loop changes lives in one `_FitState`, which a `Checkpointer` saves every
@@ -42,7 +43,8 @@ EVAL_CHUNK = 8192
 
 @dataclass
 class FitConfig:
-    """How to train an ensemble. No defaults: every value comes from the config file."""
+    """How to train an ensemble. Every value but `track_training` (a command-line flag) comes
+    from the config file, so only that one has a default."""
 
     epochs: int  # maximum passes over the training split
     batch_size: int  # transitions per member in one gradient step
@@ -56,6 +58,9 @@ class FitConfig:
     num_elites: int  # how many members with the lowest holdout MSE become elites
     normalization: str  # "std" (mean / standard deviation) or "mad" (mean / mean abs. deviation)
     grad_clip: float | None  # max gradient norm per member; None = no clipping
+    # Also log the costly metrics each epoch: full-dataset MSE/NLL (one more pass over the
+    # training split) and holdout calibration of the predicted variance.
+    track_training: bool = False
 
 
 @dataclass
@@ -214,35 +219,65 @@ def clip_grad_norm_per_member(params: list[torch.nn.Parameter], max_norm: float)
 
 @torch.no_grad()
 def _evaluate(
-    model: DynamicsEnsemble, x: Tensor, y: Tensor
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Holdout MSE per member E, MSE of the members' mean prediction, and NLL per member E."""
-    e, n, d = model.num_members, x.shape[0], y.shape[1]
-    mse = torch.zeros(e, device=x.device)
-    ens = torch.zeros((), device=x.device)
-    nll = torch.zeros(e, device=x.device) if model.probabilistic else None
-    for start in range(0, n, EVAL_CHUNK):
+    model: DynamicsEnsemble, x: Tensor, y: Tensor, calibration: bool
+) -> dict[str, Tensor]:
+    """Metrics of every member and of the ensemble on (x, y), in normalised space.
+
+    One forward pass in chunks of `EVAL_CHUNK` rows. Every value is a mean over rows and target
+    dimensions; a name without `_ensemble` holds one value per member (E), one with it is a
+    scalar for the members' mixture (mean of their means; variance `mean(var) + var(means)`).
+
+    Args:
+        model: the ensemble, in eval mode.
+        x: N x in normalised inputs (every member sees the same rows).
+        y: N x out normalised targets.
+        calibration: also compute the calibration of the predicted variance (probabilistic
+            models only).
+
+    Returns:
+        `mse`, `mse_ensemble`; for probabilistic models `nll`, `nll_ensemble`
+        (`mean((y - mu)^2 / var + log var)`, as in the loss) and, with `calibration`, `z2`,
+        `z2_ensemble` (`mean((y - mu)^2 / var)`: 1 when the variance is calibrated) and
+        `within_1sigma`, `within_1sigma_ensemble` (fraction of `|y - mu| <= sigma`: 0.683
+        for a calibrated Gaussian).
+    """
+    e = model.num_members
+    sums: dict[str, Tensor] = {}
+
+    def add(name: str, value: Tensor) -> None:
+        total = value.sum(dim=(-2, -1))
+        sums[name] = sums[name] + total if name in sums else total
+
+    for start in range(0, x.shape[0], EVAL_CHUNK):
         xc, yc = x[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
         mean, logvar = model(xc.expand(e, *xc.shape))
         sq = (mean - yc).square()
-        mse += sq.sum(dim=(1, 2))
-        ens += (mean.mean(dim=0) - yc).square().sum()
-        if nll is not None:
-            nll += (sq * torch.exp(-logvar) + logvar).sum(dim=(1, 2))
-    count = n * d
-    return mse / count, ens / count, None if nll is None else nll / count
+        sq_ens = (mean.mean(dim=0) - yc).square()
+        add("mse", sq)
+        add("mse_ensemble", sq_ens)
+        if logvar is None:
+            continue
+        var = logvar.exp()
+        var_ens = var.mean(dim=0) + mean.var(dim=0, correction=0)
+        z2, z2_ens = sq / var, sq_ens / var_ens
+        add("nll", z2 + logvar)
+        add("nll_ensemble", z2_ens + var_ens.log())
+        if calibration:
+            add("z2", z2)
+            add("z2_ensemble", z2_ens)
+            add("within_1sigma", (z2 <= 1).float())
+            add("within_1sigma_ensemble", (z2_ens <= 1).float())
+    count = x.shape[0] * y.shape[1]
+    return {name: total / count for name, total in sums.items()}
 
 
 def _epoch_metrics(
-    epoch: int,
-    lr: float,
-    seconds: float,
-    train: dict[str, Tensor | None],
-    holdout: dict[str, Tensor | None],
+    epoch: int, lr: float, seconds: float, splits: dict[str, dict[str, Tensor | None]]
 ) -> dict:
-    """Flatten per-member tensors into `name` (mean over members) and `name_m{i}` columns."""
+    """Flatten per-member tensors into `{split}_{name}` (mean over members) and
+    `{split}_{name}_m{i}` columns; scalars (ensemble metrics) into one column each."""
     metrics: dict = {"epoch": epoch, "lr": lr, "seconds": seconds}
-    for split, values in (("train", train), ("holdout", holdout)):
+    for split, values in splits.items():
         for name, value in values.items():
             if value is None:
                 continue
@@ -253,6 +288,54 @@ def _epoch_metrics(
             metrics[f"{split}_{name}"] = float(np.mean(values_list))
             metrics.update({f"{split}_{name}_m{i}": v for i, v in enumerate(values_list)})
     return metrics
+
+
+def train_step(
+    model: DynamicsEnsemble,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    decay: list[float],
+    grad_clip: float | None,
+) -> tuple[Tensor, Tensor | None]:
+    """One gradient step of every member on its own minibatch, as `fit_ensemble` takes it.
+
+    The loss of `DynamicsEnsemble.loss` (MSE or Gaussian NLL, the soft log-variance bound
+    term, per-layer weight decay), summed over members and differentiated once (members share
+    no parameter, so each gets exactly its own gradient), optional per-member gradient
+    clipping, one optimiser step. Factored out so that `benchmarks/ensemble.py` times this
+    very step.
+
+    Args:
+        model: the ensemble, in train mode.
+        optimizer: over `model.parameters()`.
+        x: E x B x in normalised inputs.
+        y: E x B x out normalised targets.
+        decay: one weight-decay coefficient per layer (`model.decay_coefficients`).
+        grad_clip: max gradient norm per member, or None.
+
+    Returns:
+        The minibatch MSE E and NLL E (None for deterministic models), detached.
+    """
+    loss, mse, nll = model.loss(x, y, decay)
+    optimizer.zero_grad(set_to_none=True)
+    loss.sum().backward()
+    if grad_clip is not None:
+        clip_grad_norm_per_member(list(model.parameters()), grad_clip)
+    optimizer.step()
+    return mse.detach(), None if nll is None else nll.detach()
+
+
+def _full_dataset(
+    train: dict[str, Tensor], n_train: int, holdout: dict[str, Tensor], n_hold: int
+) -> dict[str, Tensor]:
+    """Whole-dataset metrics from the training split's and the holdout's `_evaluate` metrics.
+
+    Each is a mean over rows, so the row-weighted mean is exact and the holdout, already
+    evaluated this epoch, is not run again.
+    """
+    n = n_train + n_hold
+    return {name: (n_train * value + n_hold * holdout[name]) / n for name, value in train.items()}
 
 
 class _FitState:
@@ -372,10 +455,17 @@ def fit_ensemble(
 
     Returns:
         A `FitResult`. Each history row has `epoch`, `lr`, `seconds`, and in normalised space
-        `train_mse`, `holdout_mse` (means over members) with per-member columns
-        `train_mse_m{i}`, `holdout_mse_m{i}`, `holdout_mse_ensemble` (the MSE of the members'
-        mean prediction), and for probabilistic models `train_nll`, `holdout_nll`
-        (+ `_m{i}`): `mean((mu - y)^2 exp(-lv) + lv)`.
+        (a plain name is the mean over members, `_m{i}` one member, `_ensemble` the members'
+        mixture, see `_evaluate`):
+        - always: `train_mse` (+ `_m{i}`, averaged over the epoch's minibatches as they were
+          trained), `holdout_mse` (+ `_m{i}`, `_ensemble`); for probabilistic models also
+          `train_nll` (+ `_m{i}`) and `holdout_nll` (+ `_m{i}`, `_ensemble`), where
+          NLL = `mean((mu - y)^2 exp(-lv) + lv)`. These cost no pass beyond training and the
+          holdout evaluation.
+        - with `cfg.track_training`: `full_mse` (+ `_m{i}`, `_ensemble`) and, probabilistic,
+          `full_nll` (+ `_m{i}`, `_ensemble`) over the whole dataset (training split and
+          holdout, eval mode, end of epoch: one extra pass over the training split), and the
+          holdout calibration `holdout_z2`, `holdout_within_1sigma` (+ `_m{i}`, `_ensemble`).
     """
     _check_config(cfg, model, dataset)
     generator = torch.Generator().manual_seed(seed)
@@ -437,33 +527,33 @@ def fit_ensemble(
             batch = order[:, start : start + cfg.batch_size]
             if batch.shape[0] == 1:
                 batch = batch.expand(e, -1)
-            loss, mse, nll = model.loss(x_train[batch], y_train[batch], decay)
-            optimizer.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            if cfg.grad_clip is not None:
-                clip_grad_norm_per_member(params, cfg.grad_clip)
-            optimizer.step()
-            sum_mse += mse.detach() * batch.shape[1]
+            mse, nll = train_step(
+                model, optimizer, x_train[batch], y_train[batch], decay, cfg.grad_clip
+            )
+            sum_mse += mse * batch.shape[1]
             if sum_nll is not None:
-                sum_nll += nll.detach() * batch.shape[1]
+                sum_nll += nll * batch.shape[1]
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
 
         model.eval()
-        hold_mse, hold_ens, hold_nll = _evaluate(model, x_hold, y_hold)
         if not torch.isfinite(sum_mse).all():
             raise OmbrlError(
                 f"ensemble training diverged at epoch {epoch} (non-finite loss); lower lr"
             )
-        metrics = _epoch_metrics(
-            epoch,
-            lr,
-            time.perf_counter() - start_time,
-            {"mse": sum_mse / n_train, "nll": None if sum_nll is None else sum_nll / n_train},
-            {"mse": hold_mse, "mse_ensemble": hold_ens, "nll": hold_nll},
-        )
-        state.end_epoch(hold_mse, metrics)
+        splits = {
+            "train": {
+                "mse": sum_mse / n_train,
+                "nll": None if sum_nll is None else sum_nll / n_train,
+            },
+            "holdout": _evaluate(model, x_hold, y_hold, calibration=cfg.track_training),
+        }
+        if cfg.track_training:
+            train_eval = _evaluate(model, x_train, y_train, calibration=False)
+            splits["full"] = _full_dataset(train_eval, n_train, splits["holdout"], len(x_hold))
+        metrics = _epoch_metrics(epoch, lr, time.perf_counter() - start_time, splits)
+        state.end_epoch(splits["holdout"]["mse"], metrics)
         bar.set_postfix(
             train=f"{metrics['train_mse']:.4g}", holdout=f"{metrics['holdout_mse']:.4g}"
         )
