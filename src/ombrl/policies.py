@@ -95,7 +95,11 @@ MODE_SECTIONS = {name: mode.section for name, mode in MODES.items()}
 
 @dataclass
 class RolloutConfig:
-    """Model rollouts of the model-based modes and how uncertain transitions are treated."""
+    """Model rollouts of the model-based modes and how uncertain transitions are treated.
+
+    The fields with defaults belong to some modes only; a mode without them keeps these
+    neutral values (no penalty, no threshold). The defaults users see are the schema's.
+    """
 
     rollout_length: int  # h, model steps per rollout
     rollout_batch: int  # start states (dataset states) per rollout round
