@@ -1,18 +1,23 @@
 """SAC gradient updates per second: ours against a straightforward PyTorch SAC.
 
-Ours (`ombrl.agents.sac.SAC.update`) evaluates both critics with one batched matmul per layer,
-uses fused Adam and one `_foreach_lerp_` for the target update. The reference is the usual
-textbook layout (Spinning Up / CleanRL): one `nn.Module` per Q critic plus deep-copied targets,
-a plain `torch.optim.Adam` per network (actor, Q1, Q2, temperature), critics frozen during the
-actor step, a Python loop over parameters for the polyak update. Same sizes and hyperparameters
-(obs 17, act 6, 256x256 ReLU nets, batch 256, gamma 0.99, tau 0.005, lr 3e-4, learned alpha);
-both draw batches from the same replay buffer of random data on the device and return their
-metrics with one host transfer, so the difference is the update itself.
+Ours (`ombrl.agents.sac.SAC.update`) keeps both critics in `2 x in x out` tensors (one
+`baddbmm` per layer for both), computes the gradients by hand instead of through autograd,
+backpropagates `min(Q1, Q2)` through the minimising critic only, samples the target's and the
+actor step's actions in one actor pass, and steps fused Adam (actor and temperature in one).
+The reference is the usual textbook layout (Spinning Up / CleanRL): one `nn.Module` per Q
+critic plus deep-copied targets, a plain `torch.optim.Adam` per network (actor, Q1, Q2,
+temperature), autograd, critics frozen during the actor step, a Python loop over parameters for
+the polyak update. Same sizes and hyperparameters (obs 17, act 6, 256x256 ReLU nets, batch 256,
+gamma 0.99, tau 0.005, lr 3e-4, learned alpha); both draw batches from the same replay buffer
+of random data on the device and return their metrics with one host transfer, so the
+difference is the update itself.
 
-Each timing is `--steps` updates; repetitions of the two alternate (ours, reference, ours, ...)
-so a load change on a shared machine hits both; the median of 5 is reported after warm-up.
+Each timing is `--steps` updates; `--repeats` timings of each alternate (ours, reference, ours,
+...) so a load change on a shared machine hits both; the median is reported after warm-up,
+with every timing listed as the spread. The CPU-time ratio (process time, all threads) is
+printed too: on a machine shared with other jobs it moves less than the wall-clock one.
 
-    .venv/bin/python benchmarks/sac.py [--device auto] [--threads N] [--steps 200]
+    .venv/bin/python benchmarks/sac.py [--device auto] [--threads N] [--steps 100] [--repeats 9]
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from torch import Tensor, nn
 from ombrl.agents.buffer import Batch, ReplayBuffer
 from ombrl.agents.sac import SAC, SACConfig
 
-OBS, ACT, HIDDEN, BATCH, CAPACITY, REPEATS = 17, 6, [256, 256], 256, 100_000, 5
+OBS, ACT, HIDDEN, BATCH, CAPACITY = 17, 6, [256, 256], 256, 100_000
 CONFIG = SACConfig(hidden_size=HIDDEN, gamma=0.99, tau=0.005, lr=3e-4, batch_size=BATCH, alpha=None)
 
 
@@ -149,16 +154,16 @@ class ReferenceSAC:
 
 
 def trainer(update: Callable[[Batch], dict], buffer: ReplayBuffer, device: torch.device):
-    """`steps -> seconds` running that many sample-and-update steps."""
+    """`steps -> (wall seconds, CPU seconds)` running that many sample-and-update steps."""
     generator = torch.Generator(device).manual_seed(1)
 
-    def run(steps: int) -> float:
+    def run(steps: int) -> tuple[float, float]:
         sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(steps):
             update(buffer.sample(BATCH, generator))
         sync(device)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu_start
 
     return run
 
@@ -167,7 +172,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
-    parser.add_argument("--steps", type=int, default=200, help="updates per timing")
+    parser.add_argument("--steps", type=int, default=100, help="updates per timing")
+    parser.add_argument("--repeats", type=int, default=9, help="timings of each (odd)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -188,16 +194,19 @@ def main() -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for run in runs.values():
         run(max(20, args.steps // 5))  # warm-up: allocator, kernels, Adam state
-    times: dict[str, list[float]] = {key: [] for key in runs}
-    for _ in range(REPEATS):
+    times: dict[str, list[tuple[float, float]]] = {key: [] for key in runs}
+    for _ in range(args.repeats):
         for key, run in runs.items():
             times[key].append(run(args.steps))
-    rate = {key: args.steps / sorted(t)[REPEATS // 2] for key, t in times.items()}
+    middle = args.repeats // 2
+    rate = {key: args.steps / sorted(w for w, _ in t)[middle] for key, t in times.items()}
+    cpu = {key: sorted(c for _, c in t)[middle] for key, t in times.items()}
     print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for key in runs:
-        spread = ", ".join(f"{args.steps / t:.0f}" for t in times[key])
-        print(f"{key:<10} {rate[key]:8.1f} updates/s  (median of {REPEATS}: {spread})")
+        spread = ", ".join(f"{args.steps / w:.0f}" for w, _ in times[key])
+        print(f"{key:<10} {rate[key]:8.1f} updates/s  (median of {args.repeats}: {spread})")
     print(f"ratio ours / reference: {rate['ours'] / rate['reference']:.2f}x")
+    print(f"ratio in CPU time:      {cpu['reference'] / cpu['ours']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""What every agent shares: its sizes, action bounds, device, rebuild spec and numpy `act`."""
+"""What every agent shares: its sizes, action bounds, device, rebuild spec and numpy `act`;
+the action squashing, state-key check and optimiser both agents use."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import asdict
 import numpy as np
 import torch
 from torch import Tensor
+
+from ombrl.errors import OmbrlError
 
 
 class Agent:
@@ -48,3 +51,34 @@ class Agent:
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         act = self.policy(obs_t.reshape(-1, self.obs_dim), deterministic)
         return act.reshape(*obs_t.shape[:-1], self.act_dim).cpu().numpy()
+
+
+def action_scale(
+    low: float | np.ndarray, high: float | np.ndarray, act_dim: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Centre and half-width (act_dim each) that map tanh outputs in [-1, 1] to [low, high]."""
+    low_t = torch.as_tensor(low, dtype=torch.float32, device=device).expand(act_dim)
+    high_t = torch.as_tensor(high, dtype=torch.float32, device=device).expand(act_dim)
+    return (high_t + low_t) / 2, (high_t - low_t) / 2
+
+
+def check_keys(
+    expected: set[str], given: dict[str, Tensor], what: str, optimizers: tuple[str, ...]
+) -> None:
+    """Raise OmbrlError naming missing or unexpected keys of a stored state.
+
+    Optimiser slots (keys under `optimizers` prefixes) may be present or absent: an optimiser
+    has none before its first step.
+    """
+    optional = {k for k in set(expected) | set(given) if k.split(".", 1)[0] in optimizers}
+    missing = sorted(expected - set(given) - optional)
+    extra = sorted(set(given) - expected - optional)
+    if missing or extra:
+        raise OmbrlError(
+            f"{what} state does not match: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
+
+
+def fused_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with the fused kernel (one kernel for all parameters; CPU and CUDA)."""
+    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))

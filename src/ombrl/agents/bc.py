@@ -7,15 +7,15 @@ evaluation and model files treat both alike.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ombrl.agents.base import Agent
+from ombrl.agents.base import Agent, action_scale, check_keys, fused_adam
 from ombrl.agents.buffer import Batch
-from ombrl.agents.sac import action_scale, check_keys, mlp
 from ombrl.checkpoint import load_optimizer_tensors, optimizer_tensors
 from ombrl.errors import OmbrlError
 
@@ -27,6 +27,27 @@ class BCConfig:
     hidden_size: list[int]  # widths of the hidden ReLU layers
     lr: float  # Adam learning rate
     batch_size: int  # transitions per update
+
+
+def init_linear_(layer: nn.Linear, generator: torch.Generator) -> None:
+    """PyTorch's default Linear init (U(+-1/sqrt(in)) for weights and biases), but seeded."""
+    bound = 1.0 / math.sqrt(layer.in_features)
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound, generator=generator)
+        layer.bias.uniform_(-bound, bound, generator=generator)
+
+
+def mlp(in_dim: int, hidden: list[int], out_dim: int, generator: torch.Generator) -> nn.Sequential:
+    """ReLU MLP `in -> hidden... -> out` initialised from `generator`."""
+    widths = [in_dim, *hidden, out_dim]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        linear = nn.Linear(a, b)
+        init_linear_(linear, generator)
+        layers.append(linear)
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
 
 
 class BC(Agent):
@@ -60,9 +81,7 @@ class BC(Agent):
         self.center, self.scale = action_scale(
             self.action_low, self.action_high, act_dim, self.device
         )
-        self.optim = torch.optim.Adam(
-            self.net.parameters(), lr=cfg.lr, fused=self.device.type in ("cpu", "cuda")
-        )
+        self.optim = fused_adam(self.net.parameters(), cfg.lr, self.device)
         self.step = 0
 
     def _forward(self, obs: Tensor) -> Tensor:
