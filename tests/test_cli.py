@@ -25,6 +25,23 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
         assert fragment in result.stderr
 
 
+def train_tiny_ensemble(dataset: Path, output: Path, *flags: str) -> subprocess.CompletedProcess:
+    """`ombrl train-ensemble` of a 3-member 32x32 PNN for 2 epochs (seconds), quiet."""
+    return ombrl(
+        "train-ensemble",
+        "--dataset",
+        str(dataset),
+        "--config",
+        "config/ensembles/pnn.yaml",
+        "--params",
+        *TINY_ENSEMBLE,
+        *flags,
+        "--output",
+        str(output),
+        "--quiet",
+    )
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "pendulum.hdf5"
@@ -58,20 +75,7 @@ def test_inspect_prints_a_json_summary(dataset):
 def test_same_seed_same_numbers_and_a_new_seed_differs(dataset, tmp_path):
     def train(name: str, seed: str) -> Path:
         out = tmp_path / name
-        result = ombrl(
-            "train-ensemble",
-            "--dataset",
-            str(dataset),
-            "--config",
-            "config/ensembles/pnn.yaml",
-            "--params",
-            *TINY_ENSEMBLE,
-            "--seed",
-            seed,
-            "--output",
-            str(out / "ensemble"),
-            "--quiet",
-        )
+        result = train_tiny_ensemble(dataset, out / "ensemble", "--seed", seed)
         assert result.returncode == 0, result.stderr
         result = ombrl(
             "train-policy",
@@ -127,20 +131,7 @@ def test_same_seed_same_numbers_and_a_new_seed_differs(dataset, tmp_path):
 def test_each_ensemble_is_one_tagged_mlflow_run(dataset, tmp_path, tracking_store):
     from mlflow.tracking import MlflowClient
 
-    result = ombrl(
-        "train-ensemble",
-        "--dataset",
-        str(dataset),
-        "--config",
-        "config/ensembles/pnn.yaml",
-        "--params",
-        *TINY_ENSEMBLE,
-        "--seed",
-        "7",
-        "--output",
-        str(tmp_path / "e"),
-        "--quiet",
-    )
+    result = train_tiny_ensemble(dataset, tmp_path / "e", "--seed", "7")
     assert result.returncode == 0, result.stderr
     client = MlflowClient(tracking_uri=tracking_store)
     experiment = client.get_experiment_by_name("ensembles")
@@ -230,16 +221,7 @@ def test_a_bad_study_config_lists_every_problem(tmp_path):
 
 def test_a_corrupted_model_is_a_clear_error_and_leaves_no_output(dataset, tmp_path):
     model = tmp_path / "ensemble"
-    result = ombrl(
-        "train-ensemble",
-        "--dataset",
-        str(dataset),
-        "--params",
-        *TINY_ENSEMBLE,
-        "--output",
-        str(model),
-        "--quiet",
-    )
+    result = train_tiny_ensemble(dataset, model)
     assert result.returncode == 0, result.stderr
     blob = bytearray((model / "model.safetensors").read_bytes())
     blob[-8:] = b"\x00" * 8
@@ -263,22 +245,14 @@ def test_a_corrupted_model_is_a_clear_error_and_leaves_no_output(dataset, tmp_pa
 def test_track_training_adds_costly_metrics_to_csv_and_mlflow(dataset, tmp_path, tracking_store):
     from mlflow.tracking import MlflowClient
 
-    result = ombrl(
-        "train-ensemble",
-        "--dataset",
-        str(dataset),
-        "--config",
-        "config/ensembles/pnn.yaml",
-        "--params",
-        *TINY_ENSEMBLE,
+    result = train_tiny_ensemble(
+        dataset,
+        tmp_path / "e",
         "--seed",
         "8",
         "--track_training",
         "--csv",
         str(tmp_path / "log.csv"),
-        "--output",
-        str(tmp_path / "e"),
-        "--quiet",
     )
     assert result.returncode == 0, result.stderr
     csv = pd.read_csv(tmp_path / "log.csv")

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_cli import TINY_ENSEMBLE, assert_user_error, ombrl
+from test_cli import assert_user_error, ombrl, train_tiny_ensemble
 
 from ombrl.data.d4rl import read_hdf5
 from ombrl.models.ensemble import load_ensemble
@@ -31,18 +31,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
         str(data),
     )
     assert result.returncode == 0, result.stderr
-    result = ombrl(
-        "train-ensemble",
-        "--dataset",
-        str(data),
-        "--config",
-        "config/ensembles/pnn.yaml",
-        "--params",
-        *TINY_ENSEMBLE,
-        "--output",
-        str(root / "ensemble"),
-        "--quiet",
-    )
+    result = train_tiny_ensemble(data, root / "ensemble")
     assert result.returncode == 0, result.stderr
     return data, root / "ensemble"
 
