@@ -15,7 +15,9 @@ difference is the update itself.
 Each timing is `--steps` updates; `--repeats` timings of each alternate (ours, reference, ours,
 ...) so a load change on a shared machine hits both; the median is reported after warm-up,
 with every timing listed as the spread. The CPU-time ratio (process time, all threads) is
-printed too: on a machine shared with other jobs it moves less than the wall-clock one.
+printed too: on a machine shared with other jobs it moves less than the wall-clock one. A third
+timing, the matmul floor, does only the matmuls every SAC update must do (and the same batch
+sampling): no implementation can beat its rate, so it says how far the 1.5x target is reachable.
 
     .venv/bin/python benchmarks/sac.py [--device auto] [--threads N] [--steps 100] [--repeats 9]
 """
@@ -153,6 +155,43 @@ class ReferenceSAC:
         return dict(zip(keys, values, strict=True))
 
 
+def matmul_floor(device: torch.device) -> Callable[[Batch], None]:
+    """An `update` that does only the matmuls no SAC update can skip, on random tensors.
+
+    Per update: the actor on the 2B rows of s' and s; target and online critics (both nets) on
+    the batch; the critics' weight gradients and the hidden input gradient; both critics on the
+    actor's actions and the gradient with respect to those actions through one critic per row;
+    the actor's weight and input gradients on B rows. The width-1 output layers of the critics
+    (dot products, not matmuls) are left out. Its rate bounds any implementation's from above.
+    """
+    g = torch.Generator().manual_seed(2)
+    b, h, c, out = BATCH, HIDDEN[0], OBS + ACT, 2 * ACT
+
+    def r(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=g).to(device)
+
+    crit_w, crit_x, crit_h = (r(2, c, h), r(2, h, h)), r(2, b, c), r(2, b, h)
+    act_w = (r(OBS, h), r(h, h), r(h, out))
+    act_x, act_h, act_out = r(2 * b, OBS), r(2 * b, h), r(b, out)
+    critics_forward = [(crit_x, crit_w[0]), (crit_h, crit_w[1])]
+    products = [
+        *[(act_x, act_w[0]), (act_h, act_w[1]), (act_h, act_w[2])],  # actor on s' and s
+        *critics_forward,  # target critics on (s', a')
+        *critics_forward,  # online critics on (s, a)
+        *[(crit_x.mT, crit_h), (crit_h.mT, crit_h), (crit_h, crit_w[1].mT)],  # their gradients
+        *critics_forward,  # online critics on (s, a ~ pi)
+        *[(act_h[:b], crit_w[1][0].T), (act_h[:b], crit_w[0][0][OBS:].T)],  # dQ/da
+        *[(act_x[:b].T, act_h[:b]), (act_h[:b].T, act_h[:b]), (act_h[:b].T, act_out)],
+        *[(act_out, act_w[2].T), (act_h[:b], act_w[1].T)],  # the actor's gradients
+    ]
+
+    def update(batch: Batch) -> None:
+        for left, right in products:
+            torch.matmul(left, right)
+
+    return update
+
+
 def trainer(update: Callable[[Batch], dict], buffer: ReplayBuffer, device: torch.device):
     """`steps -> (wall seconds, CPU seconds)` running that many sample-and-update steps."""
     generator = torch.Generator(device).manual_seed(1)
@@ -187,6 +226,7 @@ def main() -> None:
     runs = {
         "ours": trainer(ours_agent.update, buffer, device),
         "reference": trainer(ReferenceSAC(device).update, buffer, device),
+        "floor": trainer(matmul_floor(device), buffer, device),
     }
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     threads = torch.get_num_threads()
@@ -207,6 +247,10 @@ def main() -> None:
         print(f"{key:<10} {rate[key]:8.1f} updates/s  (median of {args.repeats}: {spread})")
     print(f"ratio ours / reference: {rate['ours'] / rate['reference']:.2f}x")
     print(f"ratio in CPU time:      {cpu['reference'] / cpu['ours']:.2f}x")
+    print(
+        f"matmul floor: at most {rate['floor'] / rate['reference']:.2f}x the reference; "
+        f"ours runs at {rate['ours'] / rate['floor']:.0%} of the floor's rate"
+    )
 
 
 if __name__ == "__main__":
