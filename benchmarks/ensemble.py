@@ -6,6 +6,7 @@ in, 17 delta + 1 reward out), batch 256 per member, both ways on the same miniba
 
 - ours: `ombrl.models.fit.train_step`, the very step `fit_ensemble` takes (Gaussian NLL, soft
   log-variance bound term, PETS per-layer weight decay, one backward, fused Adam);
+- compiled: the same step with the loss `torch.compile`d (the ensemble config's `compile: true`);
 - baseline: the same loss and Adam, but every member its own `nn.Sequential` with its own
   optimiser, stepped one after another (upstream style).
 
@@ -13,10 +14,11 @@ It also measures the machine's fp32 matmul peak (a 1024^2 matmul on CPU, 4096^2 
 prints both ratios: speedup over the baseline (target >= 1.5x at 4x200) and our share of the
 peak (target >= 50% at 4x512). FLOPs count the matmuls only: forward 2*B*W and backward 4*B*W
 per member, W the number of weights (the first layer's input gradient is not needed, so this
-slightly overcounts). The three are timed interleaved: 5 rounds, each timing ours, the
+slightly overcounts). The four are timed interleaved: 5 rounds, each timing ours, compiled, the
 baseline and the peak matmul for about `--seconds` each; the medians are printed. The run
-takes about 30 s on an idle 2-core CPU. The load average is printed because other processes
-lower every number; interleaving keeps the ratios fairer than the absolute values.
+takes about a minute on an idle 2-core CPU, compilation included. The load average is printed
+because other processes lower every number; interleaving keeps the ratios fairer than the
+absolute values.
 
     .venv/bin/python benchmarks/ensemble.py [--device auto] [--threads N] [--seconds 0.4]
 """
@@ -94,16 +96,20 @@ def minibatch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return x.to(device), y.to(device)
 
 
-def batched_step(hidden: list[int], device: torch.device) -> Callable[[], None]:
-    """ombrl's training step: every member in one network, one optimiser."""
+def batched_step(hidden: list[int], device: torch.device, compile: bool) -> Callable[[], None]:
+    """ombrl's training step: every member in one network, one optimiser; with `compile`, the
+    loss `torch.compile`d as `compile: true` does (compiled here, before timing)."""
     torch.manual_seed(0)
     model = DynamicsEnsemble(OBS, ACT, hidden, MEMBERS, True, "swish", True).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     decay = model.decay_coefficients(WEIGHT_DECAY)
     x, y = minibatch(device)
+    loss_fn = torch.compile(model.loss) if compile else model.loss
 
     def step() -> None:
-        train_step(model, optimizer, x, y, decay, None)
+        train_step(model, optimizer, x, y, decay, None, loss_fn)
+
+    step()
 
     return step
 
@@ -176,22 +182,25 @@ def main() -> None:
     )
     print(
         f"{'ensemble':<12}{'ours ms':>9}{'loop ms':>9}{'speedup':>9}{'ours GF/s':>11}"
-        f"{'loop GF/s':>11}{'peak GF/s':>11}{'ours/peak':>11}",
+        f"{'loop GF/s':>11}{'peak GF/s':>11}{'ours/peak':>11}"
+        f"{'compiled ms':>13}{'speedup':>9}{'of peak':>9}",
         flush=True,
     )
     peak_call, peak_gflop = matmul(device)
     for hidden in ([200] * 4, [512] * 4):
         fns = {
-            "ours": batched_step(hidden, device),
+            "ours": batched_step(hidden, device, compile=False),
+            "compiled": batched_step(hidden, device, compile=True),
             "loop": loop_step(hidden, device),
             "peak": peak_call,
         }
         t = interleaved_seconds(fns, device, args.seconds)
-        ours, loop, peak = t["ours"], t["loop"], peak_gflop / t["peak"]
+        ours, loop, peak, compiled = t["ours"], t["loop"], peak_gflop / t["peak"], t["compiled"]
         flops, name = step_gflop(hidden), f"7 x 4x{hidden[0]}"
         print(
             f"{name:<12}{ours * 1e3:>9.2f}{loop * 1e3:>9.2f}{loop / ours:>8.2f}x"
-            f"{flops / ours:>11.0f}{flops / loop:>11.0f}{peak:>11.0f}{flops / ours / peak:>11.0%}",
+            f"{flops / ours:>11.0f}{flops / loop:>11.0f}{peak:>11.0f}{flops / ours / peak:>11.0%}"
+            f"{compiled * 1e3:>13.2f}{loop / compiled:>8.2f}x{flops / compiled / peak:>9.0%}",
             flush=True,
         )
     print(

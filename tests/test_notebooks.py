@@ -57,6 +57,7 @@ def write_metrics(path: Path, probabilistic: bool) -> None:
         num_elites=2,
         normalization="std",
         grad_clip=None,
+        compile=False,
     )
     log = CsvLog()
     fit_ensemble(

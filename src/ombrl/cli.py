@@ -146,6 +146,7 @@ def cmd_train_ensemble(args: argparse.Namespace) -> None:
         num_elites=min(cfg["num_elites"], cfg["num_models"]),
         normalization=cfg["normalization"],
         grad_clip=cfg["grad_clip"],
+        compile=cfg["compile"],
         track_training=args.track_training,
     )
     checkpoint = _checkpointer(

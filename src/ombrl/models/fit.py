@@ -58,6 +58,9 @@ class FitConfig:
     num_elites: int  # how many members with the lowest holdout MSE become elites
     normalization: str  # "std" (mean / standard deviation) or "mad" (mean / mean abs. deviation)
     grad_clip: float | None  # max gradient norm per member; None = no clipping
+    # torch.compile the loss: its element-wise work fused into a few kernels, 10-25% less time
+    # per step on CPU (benchmarks/ensemble.py), for ~10-20 s of compilation per process.
+    compile: bool
     # Also log the costly metrics each epoch: full-dataset MSE/NLL (one more pass over the
     # training split) and holdout calibration of the predicted variance.
     track_training: bool = False
@@ -297,6 +300,7 @@ def train_step(
     y: Tensor,
     decay: list[float],
     grad_clip: float | None,
+    loss_fn: Callable[..., tuple[Tensor, Tensor, Tensor | None]] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """One gradient step of every member on its own minibatch, as `fit_ensemble` takes it.
 
@@ -313,11 +317,12 @@ def train_step(
         y: E x B x out normalised targets.
         decay: one weight-decay coefficient per layer (`model.decay_coefficients`).
         grad_clip: max gradient norm per member, or None.
+        loss_fn: `model.loss` (the default) or its `torch.compile`d form.
 
     Returns:
         The minibatch MSE E and NLL E (None for deterministic models), detached.
     """
-    loss, mse, nll = model.loss(x, y, decay)
+    loss, mse, nll = (loss_fn or model.loss)(x, y, decay)
     optimizer.zero_grad(set_to_none=True)
     loss.sum().backward()
     if grad_clip is not None:
@@ -495,6 +500,7 @@ def fit_ensemble(
 
     base = bootstrap_indices(e, n_train, generator) if cfg.bootstrap else None
     decay = model.decay_coefficients(cfg.weight_decay)
+    loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
     params = list(model.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
     scheduler = (
@@ -528,7 +534,7 @@ def fit_ensemble(
             if batch.shape[0] == 1:
                 batch = batch.expand(e, -1)
             mse, nll = train_step(
-                model, optimizer, x_train[batch], y_train[batch], decay, cfg.grad_clip
+                model, optimizer, x_train[batch], y_train[batch], decay, cfg.grad_clip, loss_fn
             )
             sum_mse += mse * batch.shape[1]
             if sum_nll is not None:
