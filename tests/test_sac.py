@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ombrl.agents.buffer import Batch, ReplayBuffer
-from ombrl.agents.sac import SAC, SACConfig, StackedMLP
+from ombrl.agents.networks import StackedMLP
+from ombrl.agents.sac import SAC, SACConfig
 from ombrl.errors import OmbrlError
 from ombrl.evaluate import evaluate
 from ombrl.io import load_model, save_model

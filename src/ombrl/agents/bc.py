@@ -7,15 +7,15 @@ evaluation and model files treat both alike.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ombrl.agents.base import Agent, action_scale, check_keys, fused_adam
 from ombrl.agents.buffer import Batch
+from ombrl.agents.networks import StackedMLP
 from ombrl.checkpoint import load_optimizer_tensors, optimizer_tensors
 from ombrl.errors import OmbrlError
 
@@ -27,27 +27,6 @@ class BCConfig:
     hidden_size: list[int]  # widths of the hidden ReLU layers
     lr: float  # Adam learning rate
     batch_size: int  # transitions per update
-
-
-def init_linear_(layer: nn.Linear, generator: torch.Generator) -> None:
-    """PyTorch's default Linear init (U(+-1/sqrt(in)) for weights and biases), but seeded."""
-    bound = 1.0 / math.sqrt(layer.in_features)
-    with torch.no_grad():
-        layer.weight.uniform_(-bound, bound, generator=generator)
-        layer.bias.uniform_(-bound, bound, generator=generator)
-
-
-def mlp(in_dim: int, hidden: list[int], out_dim: int, generator: torch.Generator) -> nn.Sequential:
-    """ReLU MLP `in -> hidden... -> out` initialised from `generator`."""
-    widths = [in_dim, *hidden, out_dim]
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-        linear = nn.Linear(a, b)
-        init_linear_(linear, generator)
-        layers.append(linear)
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
 
 
 class BC(Agent):
@@ -77,7 +56,7 @@ class BC(Agent):
     ) -> None:
         super().__init__(obs_dim, act_dim, action_low, action_high, cfg, device)
         init = torch.Generator().manual_seed(seed)
-        self.net = mlp(obs_dim, cfg.hidden_size, act_dim, init).to(self.device)
+        self.net = StackedMLP(1, obs_dim, cfg.hidden_size, act_dim, init).to(self.device)
         self.center, self.scale = action_scale(
             self.action_low, self.action_high, act_dim, self.device
         )
@@ -85,7 +64,7 @@ class BC(Agent):
         self.step = 0
 
     def _forward(self, obs: Tensor) -> Tensor:
-        return self.center + self.scale * torch.tanh(self.net(obs))
+        return self.center + self.scale * torch.tanh(self.net(obs[None])[0][0])
 
     def policy(self, obs: Tensor, deterministic: bool) -> Tensor:
         """Actions B x act_dim for observations B x obs_dim (always deterministic)."""

@@ -9,10 +9,9 @@ The policy is a tanh-squashed Gaussian scaled to the task's action bounds.
 Why gradients by hand: at SAC's sizes (batch 256, 256-wide layers) a CPU update is a few dozen
 small matmuls, and autograd's per-op bookkeeping, the slow kernels `bmm` takes when one side has
 width 1, and work whose result is zero or unused (the critic that is not the minimum, critic
-weight gradients in the actor step) cost as much again. Each network is a `StackedMLP`: `n`
-MLPs of one shape in `n x in x out` tensors (actor n=1, twin critics n=2 with one `baddbmm`
-per layer for both) whose `param_grads` and `member_input_grad` are the chain rule of a ReLU
-MLP written out; `SAC._actor_grads` differentiates the tanh-Gaussian log-probability. Fused
+weight gradients in the actor step) cost as much again. Each network is a `StackedMLP`
+(`agents/networks.py`: actor n=1, twin critics n=2 with one `baddbmm` per layer for both)
+whose `param_grads` and `member_input_grad` are the chain rule of a ReLU MLP written out; `SAC._actor_grads` differentiates the tanh-Gaussian log-probability. Fused
 Adam then steps the parameters as after `loss.backward()`; tests/test_sac.py checks every
 gradient against autograd. benchmarks/sac.py measures the gain.
 
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 
 from ombrl.agents.base import Agent, action_scale, check_keys, fused_adam
 from ombrl.agents.buffer import Batch
+from ombrl.agents.networks import StackedMLP
 from ombrl.checkpoint import load_optimizer_tensors, optimizer_tensors
 from ombrl.errors import OmbrlError
 
@@ -48,113 +48,6 @@ class SACConfig:
     lr: float  # Adam learning rate of actor, critics and temperature
     batch_size: int  # transitions per update
     alpha: float | None  # fixed entropy temperature; None learns it (from 1.0)
-
-
-def relu_grad(grad: Tensor, output: Tensor) -> Tensor:
-    """`grad` where the ReLU `output` is positive, else 0 (what autograd's ReLU backward does).
-
-    One fused kernel; `torch.where(output > 0, grad, 0)` takes several times longer on CPU.
-    """
-    return torch.ops.aten.threshold_backward(grad, output, 0.0)
-
-
-class StackedMLP(nn.Module):
-    """`n` independent ReLU MLPs of one shape: layer k is `weight{k}` (n x in x out) and
-    `bias{k}` (n x 1 x out).
-
-    Weights and biases are drawn like PyTorch's default Linear init, U(+-1/sqrt(in)), from the
-    given generator. A final layer of width 1 (a critic's Q) is a multiply-and-sum instead of a
-    `baddbmm`, whose width-1 kernel is about 6x slower on CPU.
-
-    Args:
-        n: number of networks.
-        in_dim: input width.
-        hidden: hidden widths.
-        out_dim: output width.
-        generator: source of the initial weights.
-    """
-
-    def __init__(
-        self, n: int, in_dim: int, hidden: list[int], out_dim: int, generator: torch.Generator
-    ) -> None:
-        super().__init__()
-        self.n = n
-        widths = [in_dim, *hidden, out_dim]
-        for k, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-            bound = 1.0 / math.sqrt(a)
-            weight = torch.empty(n, a, b).uniform_(-bound, bound, generator=generator)
-            bias = torch.empty(n, 1, b).uniform_(-bound, bound, generator=generator)
-            self.register_parameter(f"weight{k}", nn.Parameter(weight))
-            self.register_parameter(f"bias{k}", nn.Parameter(bias))
-
-    def layers(self) -> list[tuple[Tensor, Tensor]]:
-        """(weight, bias) of every layer, input first (plain list: no Module lookups per use)."""
-        params = list(self.parameters(recurse=False))
-        return list(zip(params[0::2], params[1::2], strict=True))
-
-    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Outputs of every network, and every layer's input (what the gradients need).
-
-        Args:
-            x: n x B x in (a stride-0 expanded n dimension is fine).
-
-        Returns:
-            n x B x out, and the inputs of layers 0..L-1 (x, then the hidden ReLU outputs).
-        """
-        *hidden, (w, b) = self.layers()
-        inputs = [x]
-        for hidden_w, hidden_b in hidden:
-            x = torch.baddbmm(hidden_b, x, hidden_w).relu_()
-            inputs.append(x)
-        if w.shape[-1] == 1:
-            return torch.linalg.vecdot(x, w.mT).unsqueeze(-1) + b, inputs
-        return torch.baddbmm(b, x, w), inputs
-
-    def param_grads(self, inputs: list[Tensor], grad: Tensor) -> None:
-        """Set every parameter's `.grad` to dL/d parameter, given dL/d output.
-
-        Args:
-            inputs: what `forward` returned with the output.
-            grad: dL/d output, n x B x out.
-        """
-        for k, (w, b) in reversed(list(enumerate(self.layers()))):
-            x = inputs[k]
-            width_one = w.shape[-1] == 1
-            w.grad = (x * grad).sum(1).unsqueeze(-1) if width_one else torch.bmm(x.mT, grad)
-            b.grad = grad.sum(1, keepdim=True)
-            if k > 0:
-                grad = relu_grad(grad * w.mT if width_one else torch.bmm(grad, w.mT), x)
-
-    def member_input_grad(
-        self, inputs: list[Tensor], member: Tensor, grad: float, input_from: int
-    ) -> Tensor:
-        """dL/d x[..., input_from:] for a loss that sums `grad * output` of network `member[b]`
-        over the rows b (width-1 outputs).
-
-        The actor's `-mean_b min_k Q_k(s_b, a_b)` is such a loss (grad = -1/B): the other
-        networks' rows get a zero gradient, so each row goes back through its own network only,
-        which halves the work of backpropagating through twin critics.
-
-        Args:
-            inputs: what `forward` returned with the output.
-            member: B, the network (0..n-1) each row's loss depends on.
-            grad: dL/d output of that network, the same for every row.
-            input_from: first input column whose gradient is wanted.
-
-        Returns:
-            B x (in - input_from).
-        """
-        weights = [w for w, _ in self.layers()]
-        result = inputs[0].new_empty(len(member), weights[0].shape[1] - input_from)
-        for net in range(self.n):
-            rows = (member == net).nonzero().squeeze(1)
-            g = (weights[-1][net].T * grad).expand(len(rows), -1)
-            for k in reversed(range(1, len(inputs))):
-                w = weights[k - 1][net]
-                x = inputs[k][net].index_select(0, rows)
-                g = relu_grad(g, x) @ (w[input_from:] if k == 1 else w).T
-            result.index_copy_(0, rows, g)
-        return result
 
 
 class ActorSample(NamedTuple):
