@@ -11,9 +11,10 @@ small matmuls, and autograd's per-op bookkeeping, the slow kernels `bmm` takes w
 width 1, and work whose result is zero or unused (the critic that is not the minimum, critic
 weight gradients in the actor step) cost as much again. Each network is a `StackedMLP`
 (`agents/networks.py`: actor n=1, twin critics n=2 with one `baddbmm` per layer for both)
-whose `param_grads` and `member_input_grad` are the chain rule of a ReLU MLP written out; `SAC._actor_grads` differentiates the tanh-Gaussian log-probability. Fused
-Adam then steps the parameters as after `loss.backward()`; tests/test_sac.py checks every
-gradient against autograd. benchmarks/sac.py measures the gain.
+whose `param_grads` and `member_input_grad` are the chain rule of a ReLU MLP written out;
+`SAC._actor_grads` differentiates the tanh-Gaussian log-probability. Fused Adam then steps the
+parameters as after `loss.backward()`; tests/test_sac.py checks every gradient against
+autograd. benchmarks/sac.py measures the gain.
 
 All randomness (initial weights, policy noise) comes from one `torch.Generator` seeded by the
 caller, so the same seed gives the same numbers.
