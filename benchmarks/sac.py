@@ -1,9 +1,10 @@
 """SAC gradient updates per second: ours against a straightforward PyTorch SAC.
 
 Ours (`ombrl.agents.sac.SAC.update`) keeps both critics in `2 x in x out` tensors (one
-`baddbmm` per layer for both), computes the gradients by hand instead of through autograd,
-backpropagates `min(Q1, Q2)` through the minimising critic only, samples the target's and the
-actor step's actions in one actor pass, and steps fused Adam (actor and temperature in one).
+`baddbmm` per layer for both), computes the gradients by hand instead of through autograd
+(no critic weight gradients in the actor step), samples the target's and the actor step's
+actions in one actor pass, and steps fused Adam (actor and temperature in one). "compiled" is
+the same agent with `compile: true` (its two gradient computations `torch.compile`d).
 The reference is the usual textbook layout (Spinning Up / CleanRL): one `nn.Module` per Q
 critic plus deep-copied targets, a plain `torch.optim.Adam` per network (actor, Q1, Q2,
 temperature), autograd, critics frozen during the actor step, a Python loop over parameters for
@@ -12,12 +13,14 @@ gamma 0.99, tau 0.005, lr 3e-4, learned alpha); both draw batches from the same 
 of random data on the device and return their metrics with one host transfer, so the
 difference is the update itself.
 
-Each timing is `--steps` updates; `--repeats` timings of each alternate (ours, reference, ours,
-...) so a load change on a shared machine hits both; the median is reported after warm-up,
-with every timing listed as the spread. The CPU-time ratio (process time, all threads) is
-printed too: on a machine shared with other jobs it moves less than the wall-clock one. A third
-timing, the matmul floor, does only the matmuls every SAC update must do (and the same batch
-sampling): no implementation can beat its rate, so it says how far the 1.5x target is reachable.
+Each timing is `--steps` updates; `--repeats` timings of each alternate (ours, compiled,
+reference, floor, ours, ...) so a load change on a shared machine hits them all; the median is
+reported after warm-up, with every timing listed as the spread. The CPU-time ratio (process
+time, all threads) is printed too: on a machine shared with other jobs it moves less than the
+wall-clock one. The last timing, the matmul floor, does only the matmuls every SAC update must
+do (and the same batch sampling): no implementation can beat its rate, so it says how far the
+1.5x target is reachable. Torch's default thread count is the machine's cores; `--threads 1`
+shows the single-core case, where the matmuls, which no implementation avoids, weigh most.
 
     .venv/bin/python benchmarks/sac.py [--device auto] [--threads N] [--steps 100] [--repeats 9]
 """
@@ -30,6 +33,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -223,8 +227,10 @@ def main() -> None:
 
     buffer = random_buffer(device)
     ours_agent = SAC(OBS, ACT, -1.0, 1.0, CONFIG, device, seed=0)
+    compiled_agent = SAC(OBS, ACT, -1.0, 1.0, replace(CONFIG, compile=True), device, seed=0)
     runs = {
         "ours": trainer(ours_agent.update, buffer, device),
+        "compiled": trainer(compiled_agent.update, buffer, device),
         "reference": trainer(ReferenceSAC(device).update, buffer, device),
         "floor": trainer(matmul_floor(device), buffer, device),
     }
@@ -245,11 +251,15 @@ def main() -> None:
     for key in runs:
         spread = ", ".join(f"{args.steps / w:.0f}" for w, _ in times[key])
         print(f"{key:<10} {rate[key]:8.1f} updates/s  (median of {args.repeats}: {spread})")
-    print(f"ratio ours / reference: {rate['ours'] / rate['reference']:.2f}x")
-    print(f"ratio in CPU time:      {cpu['reference'] / cpu['ours']:.2f}x")
+    for key in ("ours", "compiled"):
+        print(
+            f"{key} / reference: {rate[key] / rate['reference']:.2f}x "
+            f"(in CPU time {cpu['reference'] / cpu[key]:.2f}x)"
+        )
     print(
         f"matmul floor: at most {rate['floor'] / rate['reference']:.2f}x the reference; "
-        f"ours runs at {rate['ours'] / rate['floor']:.0%} of the floor's rate"
+        f"ours runs at {rate['ours'] / rate['floor']:.0%} of the floor's rate, "
+        f"compiled at {rate['compiled'] / rate['floor']:.0%}"
     )
 
 

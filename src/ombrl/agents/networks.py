@@ -2,7 +2,7 @@
 
 SAC's twin critics are two stacked MLPs (one `baddbmm` per layer for both), its actor and the
 behaviour-cloning policy one each. Besides the forward pass, `StackedMLP` has the chain rule of
-a ReLU MLP written out (`param_grads`, `member_input_grad`), which SAC uses instead of autograd;
+a ReLU MLP written out (`param_grads`, `input_grad`), which SAC uses instead of autograd;
 BC trains through autograd, which the forward pass supports as well.
 """
 
@@ -74,48 +74,48 @@ class StackedMLP(nn.Module):
             return torch.linalg.vecdot(x, w.mT).unsqueeze(-1) + b, inputs
         return torch.baddbmm(b, x, w), inputs
 
-    def param_grads(self, inputs: list[Tensor], grad: Tensor) -> None:
-        """Set every parameter's `.grad` to dL/d parameter, given dL/d output.
+    def param_grads(self, inputs: list[Tensor], grad: Tensor) -> list[Tensor]:
+        """dL/d parameter of every parameter, in `parameters()` order, given dL/d output.
 
         Args:
             inputs: what `forward` returned with the output.
             grad: dL/d output, n x B x out.
         """
-        for k, (w, b) in reversed(list(enumerate(self.layers()))):
+        grads: list[Tensor] = []
+        for k, (w, _) in reversed(list(enumerate(self.layers()))):
             x = inputs[k]
-            width_one = w.shape[-1] == 1
-            w.grad = (x * grad).sum(1).unsqueeze(-1) if width_one else torch.bmm(x.mT, grad)
-            b.grad = grad.sum(1, keepdim=True)
+            if w.shape[-1] == 1:
+                grads += [grad.sum(1, keepdim=True), (x * grad).sum(1).unsqueeze(-1)]
+            else:
+                grads += [grad.sum(1, keepdim=True), torch.bmm(x.mT, grad)]
             if k > 0:
-                grad = relu_grad(grad * w.mT if width_one else torch.bmm(grad, w.mT), x)
+                grad = self._to_layer_input(w, grad, x)
+        return grads[::-1]
 
-    def member_input_grad(
-        self, inputs: list[Tensor], member: Tensor, grad: float, input_from: int
-    ) -> Tensor:
-        """dL/d x[..., input_from:] for a loss that sums `grad * output` of network `member[b]`
-        over the rows b (width-1 outputs).
+    def input_grad(self, inputs: list[Tensor], grad: Tensor, input_from: int) -> Tensor:
+        """dL/d x[..., input_from:] of an input all `n` networks share, given dL/d output.
 
-        The actor's `-mean_b min_k Q_k(s_b, a_b)` is such a loss (grad = -1/B): the other
-        networks' rows get a zero gradient, so each row goes back through its own network only,
-        which halves the work of backpropagating through twin critics.
+        The actor's `-mean_b min_k Q_k(s_b, a_b)` is such a loss: `grad` is -1/B on the rows
+        where network k is the minimum and 0 elsewhere. The zero rows cost matmul work, but
+        no shape depends on the data, so there is no host synchronisation on a GPU and the
+        update compiles into one graph.
 
         Args:
             inputs: what `forward` returned with the output.
-            member: B, the network (0..n-1) each row's loss depends on.
-            grad: dL/d output of that network, the same for every row.
+            grad: dL/d output of every network, n x B x out.
             input_from: first input column whose gradient is wanted.
 
         Returns:
-            B x (in - input_from).
+            B x (in - input_from), summed over the networks.
         """
-        weights = [w for w, _ in self.layers()]
-        result = inputs[0].new_empty(len(member), weights[0].shape[1] - input_from)
-        for net in range(self.n):
-            rows = (member == net).nonzero().squeeze(1)
-            g = (weights[-1][net].T * grad).expand(len(rows), -1)
-            for k in reversed(range(1, len(inputs))):
-                w = weights[k - 1][net]
-                x = inputs[k][net].index_select(0, rows)
-                g = relu_grad(g, x) @ (w[input_from:] if k == 1 else w).T
-            result.index_copy_(0, rows, g)
-        return result
+        layers = self.layers()
+        for k in reversed(range(1, len(layers))):
+            grad = self._to_layer_input(layers[k][0], grad, inputs[k])
+        return torch.bmm(grad, layers[0][0][:, input_from:].mT).sum(0)
+
+    @staticmethod
+    def _to_layer_input(w: Tensor, grad: Tensor, relu_output: Tensor) -> Tensor:
+        """dL/d (input of the layer with weight `w`), which is the ReLU output `relu_output`,
+        given dL/d (that layer's output)."""
+        back = grad * w.mT if w.shape[-1] == 1 else torch.bmm(grad, w.mT)
+        return relu_grad(back, relu_output)

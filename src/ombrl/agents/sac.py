@@ -8,13 +8,16 @@ The policy is a tanh-squashed Gaussian scaled to the task's action bounds.
 
 Why gradients by hand: at SAC's sizes (batch 256, 256-wide layers) a CPU update is a few dozen
 small matmuls, and autograd's per-op bookkeeping, the slow kernels `bmm` takes when one side has
-width 1, and work whose result is zero or unused (the critic that is not the minimum, critic
-weight gradients in the actor step) cost as much again. Each network is a `StackedMLP`
-(`agents/networks.py`: actor n=1, twin critics n=2 with one `baddbmm` per layer for both)
-whose `param_grads` and `member_input_grad` are the chain rule of a ReLU MLP written out;
-`SAC._actor_grads` differentiates the tanh-Gaussian log-probability. Fused Adam then steps the
-parameters as after `loss.backward()`; tests/test_sac.py checks every gradient against
-autograd. benchmarks/sac.py measures the gain.
+width 1, and unused work (critic weight gradients in the actor step) cost as much again. Each
+network is a `StackedMLP` (`agents/networks.py`: actor n=1, twin critics n=2 with one
+`baddbmm` per layer for both) whose `param_grads` and `input_grad` are the chain rule of a ReLU
+MLP written out; `SAC._actor_grads` differentiates the tanh-Gaussian log-probability. Fused
+Adam then steps the parameters as after `loss.backward()`; tests/test_sac.py checks every
+gradient against autograd. benchmarks/sac.py measures the gain.
+
+The two gradient computations of an update (`_critic_grads`, `_actor_grads`) are functions of
+the parameters, the batch and the noise, with no data-dependent shape, so `compile: true`
+hands each to `torch.compile` as one graph: their element-wise work fuses into a few kernels.
 
 All randomness (initial weights, policy noise) comes from one `torch.Generator` seeded by the
 caller, so the same seed gives the same numbers.
@@ -49,6 +52,7 @@ class SACConfig:
     lr: float  # Adam learning rate of actor, critics and temperature
     batch_size: int  # transitions per update
     alpha: float | None  # fixed entropy temperature; None learns it (from 1.0)
+    compile: bool = False  # torch.compile the two gradient computations of each update
 
 
 class ActorSample(NamedTuple):
@@ -69,6 +73,12 @@ class ActorSample(NamedTuple):
         )
 
 
+def _set_grads(params, grads: list[Tensor | None]) -> None:
+    """Give each parameter its gradient, as `loss.backward()` would before an optimiser step."""
+    for param, grad in zip(params, grads, strict=True):
+        param.grad = grad
+
+
 class GaussianActor(nn.Module):
     """A tanh-squashed diagonal Gaussian policy scaled to the action bounds."""
 
@@ -86,23 +96,19 @@ class GaussianActor(nn.Module):
         self.register_buffer("center", center)
         self.register_buffer("scale", scale)
 
-    def forward(
-        self, obs: Tensor, deterministic: bool, generator: torch.Generator | None
-    ) -> ActorSample:
+    def forward(self, obs: Tensor, eps: Tensor) -> ActorSample:
         """Actions, their log-probabilities and the values needed to differentiate them.
+
+        The noise comes in rather than from a generator, so that the update, which calls
+        this, can be compiled (a graph cannot hold a `torch.Generator`).
 
         Args:
             obs: B x obs_dim.
-            deterministic: take tanh(mean) instead of sampling.
-            generator: source of the Gaussian noise (unused when deterministic).
+            eps: B x act_dim standard normal noise; zeros give the deterministic tanh(mean).
         """
         out, inputs = self.net(obs.unsqueeze(0))
         mean, raw_log_std = out[0].chunk(2, dim=-1)
         log_std = raw_log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-        if deterministic:
-            eps = torch.zeros_like(mean)
-        else:
-            eps = torch.randn(mean.shape, generator=generator, device=mean.device)
         std = log_std.exp()
         u = torch.addcmul(mean, eps, std)
         tanh_u = torch.tanh(u)
@@ -168,6 +174,9 @@ class SAC(Agent):
         self.actor_optim = fused_adam([*self.actor.parameters(), *learned], cfg.lr, self.device)
         self.critic_optim = fused_adam(self.critic.parameters(), cfg.lr, self.device)
         self.step = 0
+        if cfg.compile:
+            self._critic_grads = torch.compile(self._critic_grads, fullgraph=True, dynamic=False)
+            self._actor_grads = torch.compile(self._actor_grads, fullgraph=True, dynamic=False)
 
     def policy(self, obs: Tensor, deterministic: bool) -> Tensor:
         """Actions for a batch of observations, without gradients.
@@ -180,7 +189,12 @@ class SAC(Agent):
             B x act_dim.
         """
         with torch.no_grad():
-            return self.actor(obs, deterministic, self.generator).act
+            shape = (obs.shape[0], self.act_dim)
+            if deterministic:
+                eps = torch.zeros(shape, device=self.device)
+            else:
+                eps = torch.randn(shape, generator=self.generator, device=self.device)
+            return self.actor(obs, eps).act
 
     def _q(self, critic: StackedMLP, obs: Tensor, act: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Both critics' Q (2 x B) and their layer inputs."""
@@ -197,61 +211,79 @@ class SAC(Agent):
             critic_loss, actor_loss, alpha, q_mean (online Q of the batch), entropy (-log pi).
         """
         with torch.no_grad():
-            n = batch.obs.shape[0]
-            alpha = self.log_alpha.exp()
+            alpha = self.log_alpha.exp()  # the temperature this update uses
             # One actor pass samples a' ~ pi(s') for the target and a ~ pi(s) for the actor
             # step: the actor does not change in between, and one 2B-row pass is cheaper.
-            both = self.actor(torch.cat([batch.next_obs, batch.obs]), False, self.generator)
-            next_pi, pi = both.rows(0, n), both.rows(n, 2 * n)
-            next_q = self._q(self.target_critic, batch.next_obs, next_pi.act)[0].amin(dim=0)
-            soft_value = next_q - alpha * next_pi.log_prob
-            target = batch.rew + self.cfg.gamma * (1.0 - batch.terminal) * soft_value
-
-            # Critic loss sum_k mean_b (Q_k - target)^2.
-            q, inputs = self._q(self.critic, batch.obs, batch.act)
-            error = q - target
-            critic_loss = error.square().mean(dim=1).sum()
-            self.critic.param_grads(inputs, (error * (2.0 / n)).unsqueeze(-1))
+            eps = torch.randn(
+                (2 * len(batch.obs), self.act_dim), generator=self.generator, device=self.device
+            )
+            grads, critic_loss, q_mean, pi = self._critic_grads(batch, eps)
+            _set_grads(self.critic.parameters(), grads)
             self.critic_optim.step()
-
-            # Actor loss mean_b (alpha log pi(a|s) - min_k Q_k(s, a)), a ~ pi, updated critics.
-            q_pi, inputs = self._q(self.critic, batch.obs, pi.act)
-            min_q, argmin = q_pi.min(dim=0)
-            actor_loss = (alpha * pi.log_prob - min_q).mean()
-            dq_da = self.critic.member_input_grad(inputs, argmin, -1.0 / n, self.obs_dim)
-            self._actor_grads(pi, dq_da, alpha / n)
-            if self.cfg.alpha is None:
-                # Temperature loss -mean_b log_alpha (log pi(a|s) + target entropy).
-                self.log_alpha.grad = -(pi.log_prob.mean() + self.target_entropy)
+            grads, actor_loss = self._actor_grads(batch.obs, pi)
+            _set_grads([*self.actor.parameters(), self.log_alpha], grads)
             self.actor_optim.step()
-
             online = list(self.critic.parameters())
             torch._foreach_lerp_(list(self.target_critic.parameters()), online, self.cfg.tau)
         self.step += 1
-        values = torch.stack(
-            [critic_loss, actor_loss, alpha, q.mean(), -pi.log_prob.mean()]
-        ).tolist()
+        values = torch.stack([critic_loss, actor_loss, alpha, q_mean, -pi.log_prob.mean()]).tolist()
         return dict(
             zip(("critic_loss", "actor_loss", "alpha", "q_mean", "entropy"), values, strict=True)
         )
 
-    def _actor_grads(self, pi: ActorSample, dq_da: Tensor, alpha_over_n: Tensor) -> None:
-        """Set the actor's `.grad` to d actor_loss / d parameters.
+    def _critic_grads(
+        self, batch: Batch, eps: Tensor
+    ) -> tuple[list[Tensor], Tensor, Tensor, ActorSample]:
+        """d critic_loss / d critic parameters, with critic_loss = sum_k mean_b (Q_k - target)^2.
+
+        Args:
+            batch: B transitions.
+            eps: 2B x act_dim noise, for a' ~ pi(s') (rows 0..B-1) and a ~ pi(s) (the rest).
+
+        Returns:
+            The gradients (in `critic.parameters()` order), critic_loss, the batch's mean
+            online Q, and the actor's sample at s for the actor step.
+        """
+        n = len(batch.obs)
+        both = self.actor(torch.cat([batch.next_obs, batch.obs]), eps)
+        next_pi, pi = both.rows(0, n), both.rows(n, 2 * n)
+        next_q = self._q(self.target_critic, batch.next_obs, next_pi.act)[0].amin(dim=0)
+        soft_value = next_q - self.log_alpha.exp() * next_pi.log_prob
+        target = batch.rew + self.cfg.gamma * (1.0 - batch.terminal) * soft_value
+        q, inputs = self._q(self.critic, batch.obs, batch.act)
+        error = q - target
+        grads = self.critic.param_grads(inputs, (error * (2.0 / n)).unsqueeze(-1))
+        return grads, error.square().mean(dim=1).sum(), q.mean(), pi
+
+    def _actor_grads(self, obs: Tensor, pi: ActorSample) -> tuple[list[Tensor], Tensor]:
+        """d/d actor parameters of actor_loss = mean_b (alpha log pi(a|s) - min_k Q_k(s, a))
+        (the updated critics), and of the temperature loss
+        -mean_b log_alpha (log pi(a|s) + target entropy) when the temperature is learned.
 
         With u = mean + eps std (eps fixed), a = center + scale tanh(u) and
         log pi = sum(-eps^2/2 - log_std - log(2 pi)/2 - log(1 - tanh(u)^2)):
         d/du = dQ/da scale (1 - tanh^2) terms plus alpha/B * 2 tanh(u) from the squash term;
         d/dmean = d/du; d/dlog_std = d/du eps std - alpha/B where log_std is not clamped.
 
-        Args:
-            pi: the actor step's sample.
-            dq_da: d(-mean_b min_k Q_k)/da, B x act_dim.
-            alpha_over_n: temperature / batch size (0-dim).
+        Returns:
+            The gradients (`actor.parameters()` order, then log_alpha's: None when fixed)
+            and actor_loss.
         """
+        n = len(obs)
+        alpha = self.log_alpha.exp()
+        q_pi, inputs = self._q(self.critic, obs, pi.act)
+        min_q, argmin = q_pi.min(dim=0)
+        actor_loss = (alpha * pi.log_prob - min_q).mean()
+        # dL/dQ_k is -1/B on the rows where critic k is the minimum, 0 on the others.
+        members = torch.arange(self.critic.n, device=obs.device).unsqueeze(-1)
+        dl_dq = (argmin == members).to(q_pi.dtype) * (-1.0 / n)
+        dq_da = self.critic.input_grad(inputs, dl_dq.unsqueeze(-1), self.obs_dim)
         t = pi.tanh_u
-        d_u = torch.addcmul(dq_da * self.actor.scale * (1 - t.square()), t, 2 * alpha_over_n)
-        d_log_std = (d_u * pi.eps * pi.std - alpha_over_n) * pi.unclamped
-        self.actor.net.param_grads(pi.inputs, torch.cat([d_u, d_log_std], dim=-1)[None])
+        d_u = torch.addcmul(dq_da * self.actor.scale * (1 - t.square()), t, 2 * alpha / n)
+        d_log_std = (d_u * pi.eps * pi.std - alpha / n) * pi.unclamped
+        grads = self.actor.net.param_grads(pi.inputs, torch.cat([d_u, d_log_std], dim=-1)[None])
+        alpha_grad = -(pi.log_prob.mean() + self.target_entropy) if self.cfg.alpha is None else None
+        return [*grads, alpha_grad], actor_loss
 
     def state_dict(self) -> dict[str, Tensor]:
         """Every tensor needed to resume: networks, temperature, optimisers, step, RNG state."""
