@@ -12,8 +12,10 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ombrl.config import MODE_NAMES, SCHEMA
 from ombrl.errors import OmbrlError
@@ -206,11 +208,11 @@ def cmd_train_ensemble(args: argparse.Namespace) -> None:
 
 
 def cmd_train_policy(args: argparse.Namespace) -> None:
+    """Offline (`--dataset`, any mode) or online (`--env`, SAC acting in the environment)."""
     from ombrl.config import parse_params, validate
-    from ombrl.data.scores import normalized_score, reference_scores
+    from ombrl.data.scores import normalized_score
     from ombrl.io import save_model
-    from ombrl.models.ensemble import load_ensemble
-    from ombrl.policies import MODES, train_policy
+    from ombrl.policies import MODES
     from ombrl.runtime import code_version, resolve_device, setup
     from ombrl.tracking import (
         CsvLog,
@@ -220,20 +222,83 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
         write_json,
     )
 
+    if args.env is not None and args.mode != "sac":
+        raise OmbrlError(f"--env trains online, which only --mode sac does, not {args.mode}")
     section = MODES[args.mode].section
     params = parse_params(args.params, section)
-    needs_ensemble = MODES[args.mode].model
-    if needs_ensemble:
+    if MODES[args.mode].model:
         if args.ensemble is None:
             raise OmbrlError(f"--mode {args.mode} needs --ensemble DIR (a trained ensemble)")
         params["ensemble"] = str(args.ensemble)
     cfg = validate(params, f"--params for mode {args.mode}", SCHEMA["$defs"][section])
     device = resolve_device(args.device)
+    job = _offline_job(args, cfg, device) if args.env is None else _online_job(args, cfg, device)
+    setup(args.seed, args.threads)
+    log = CsvLog()
+    identity = {**job.identity, "mode": args.mode, "seed": args.seed}
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    with mlflow_run(uri, job.experiment, _run_name(identity), identity, cfg) as run:
+
+        def on_eval(record: dict) -> None:
+            row = {**identity, "step": record["step"], "return": record["return"]}
+            if job.ref_scores is not None:
+                row["normalized_score"] = normalized_score(record["return"], *job.ref_scores)
+            row.update({k: v for k, v in record.items() if k not in ("step", "return")})
+            log.log(row)
+            if run is not None:
+                run.log({k: v for k, v in row.items() if k not in identity}, record["step"])
+
+        agent = job.train(on_eval)
+    ref_min, ref_max = job.ref_scores or (None, None)
+    meta = {
+        **identity,
+        "config": cfg,
+        "threads": args.threads,
+        **job.meta,
+        "code_version": code_version(),
+        "ref_min_score": ref_min,
+        "ref_max_score": ref_max,
+    }
+    with staged_directory(Path(args.output)) as out:
+        save_model(out, agent.state_dict(), meta, name="policy")
+        log.write(out / "progress.csv")
+        write_json(out / "eval.json", {**meta, "final": log.rows[-1]})
+    if job.checkpoint is not None:
+        job.checkpoint.clear()
+
+
+@dataclass
+class _PolicyJob:
+    """What differs between offline and online policy training in `cmd_train_policy`.
+
+    Attributes:
+        identity: the run's tags besides mode and seed (dataset or env).
+        experiment: the MLflow experiment.
+        ref_scores: (random, expert) returns to normalise with; None: no normalised score.
+        meta: provenance recorded in the policy's JSON.
+        train: `on_eval -> trained agent`.
+        checkpoint: cleared once the outputs are written; None: no checkpoints.
+    """
+
+    identity: dict
+    experiment: str
+    ref_scores: tuple[float, float] | None
+    meta: dict
+    train: Callable
+    checkpoint: Checkpointer | None = None
+
+
+def _offline_job(args: argparse.Namespace, cfg: dict, device) -> _PolicyJob:
+    from ombrl.data.scores import reference_scores
+    from ombrl.models.ensemble import load_ensemble
+    from ombrl.policies import MODES, train_policy
+
     dataset = load_dataset(args.dataset)
-    ref_min, ref_max = reference_scores(dataset)
+    ref_scores = reference_scores(dataset)
     ensemble = None
     ensemble_meta: dict = {}
-    if needs_ensemble:
+    if MODES[args.mode].model:
         ensemble, ensemble_meta = load_ensemble(Path(args.ensemble), device)
         if ensemble_meta.get("dataset_checksum") not in (None, dataset.checksum):
             raise OmbrlError(
@@ -250,33 +315,15 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
             # model.json records the safetensors' sha256, the elites and the code version.
             "ensemble_json_sha256": (
                 hashlib.sha256((Path(args.ensemble) / "model.json").read_bytes()).hexdigest()
-                if needs_ensemble
+                if ensemble is not None
                 else None
             ),
             "eval": [args.eval_every, args.eval_episodes, args.eval_seed],
         },
     )
-    setup(args.seed, args.threads)
-    log = CsvLog()
-    identity = {"dataset": Path(args.dataset).stem, "mode": args.mode, "seed": args.seed}
 
-    uri = resolve_tracking_uri(args.tracking_uri)
-    with mlflow_run(uri, "policies", _run_name(identity), identity, cfg) as run:
-
-        def on_eval(record: dict) -> None:
-            score = normalized_score(record["return"], ref_min, ref_max)
-            row = {
-                **identity,
-                "step": record["step"],
-                "return": record["return"],
-                "normalized_score": score,
-                **{k: v for k, v in record.items() if k not in ("step", "return")},
-            }
-            log.log(row)
-            if run is not None:
-                run.log({k: v for k, v in row.items() if k not in identity}, record["step"])
-
-        agent = train_policy(
+    def train(on_eval: Callable[[dict], None]):
+        return train_policy(
             args.mode,
             dataset,
             ensemble,
@@ -290,24 +337,30 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
             progress=not args.quiet,
             checkpoint=checkpoint,
         )
-    final = log.rows[-1]
+
     meta = {
-        **identity,
-        "config": cfg,
-        "threads": args.threads,
         "dataset_checksum": dataset.checksum,
         "ensemble_code_version": ensemble_meta.get("code_version"),
-        "code_version": code_version(),
         "env_id": dataset.env_id,
-        "ref_min_score": ref_min,
-        "ref_max_score": ref_max,
     }
-    with staged_directory(Path(args.output)) as out:
-        save_model(out, agent.state_dict(), meta, name="policy")
-        log.write(out / "progress.csv")
-        write_json(out / "eval.json", {**meta, "final": final})
-    if checkpoint is not None:
-        checkpoint.clear()
+    identity = {"dataset": Path(args.dataset).stem}
+    return _PolicyJob(identity, "policies", ref_scores, meta, train, checkpoint)
+
+
+def _online_job(args: argparse.Namespace, cfg: dict, device) -> _PolicyJob:
+    from ombrl.data.scores import D4RL_REF_SCORES, d4rl_family
+    from ombrl.online import train_online
+    from ombrl.policies import Evaluation
+
+    def train(on_eval: Callable[[dict], None]):
+        evaluation = Evaluation(args.eval_every, args.eval_episodes, args.eval_seed)
+        return train_online(
+            args.env, cfg, args.warmup, args.seed, device, evaluation, on_eval, not args.quiet
+        )
+
+    ref_scores = D4RL_REF_SCORES.get(d4rl_family(args.env) or "")
+    meta = {"env_id": args.env, "warmup": args.warmup}
+    return _PolicyJob({"env": args.env}, "online", ref_scores, meta, train)
 
 
 def cmd_uncertainty(args: argparse.Namespace) -> None:
@@ -433,8 +486,16 @@ def _add_tracking_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: a mistyped flag is one line and exit code 2,
+    like every other user mistake (argparse's own format adds the usage, several lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"ombrl: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ombrl", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="ombrl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("collect", help="generate a D4RL-format dataset with gymnasium")
@@ -483,7 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_ensemble)
 
     p = sub.add_parser("train-policy", help="train a policy in one offline mode")
-    p.add_argument("--dataset", required=True, help="D4RL name or HDF5 path")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="D4RL name or HDF5 path: train offline")
+    source.add_argument(
+        "--env", help="gymnasium id, e.g. Pendulum-v1: train SAC online, acting in it"
+    )
     p.add_argument("--mode", required=True, choices=MODE_NAMES)
     p.add_argument("--ensemble", help="folder of a trained ensemble (model-based modes)")
     p.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE")
@@ -491,8 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--eval-seed", type=int, default=100000, help="first evaluation env seed")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--warmup", type=int, default=1000, help="with --env: random steps before learning"
+    )
     p.add_argument("--output", required=True, help="folder for policy, progress.csv, eval.json")
-    _add_checkpoint_flags(p, every=1000, unit="updates")
+    _add_checkpoint_flags(p, every=1000, unit="updates (offline only)")
     _add_run_flags(p)
     _add_tracking_flag(p)
     p.set_defaults(func=cmd_train_policy)

@@ -219,8 +219,6 @@ def train_policy(
     """
     if not isinstance(cfg, PolicyConfig):
         cfg = policy_config(mode, cfg)
-    if eval_every < 1:
-        raise OmbrlError(f"eval_every: {eval_every} must be at least 1")
     device = torch.device(device)
     torch.manual_seed(seed)
     generator = torch.Generator(device).manual_seed(seed)
@@ -232,6 +230,64 @@ def train_policy(
         )
     real = ReplayBuffer.from_dataset(dataset, device)
     sampler = _make_sampler(mode, dataset, ensemble, cfg, agent, real, generator)
+    run_updates(
+        agent,
+        sampler,
+        cfg.steps,
+        dataset.env_id,
+        Evaluation(eval_every, eval_episodes, eval_seed),
+        on_eval,
+        progress=progress,
+        desc=f"{mode} seed {seed}",
+        checkpoint=checkpoint,
+    )
+    return agent
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How a training loop evaluates its policy in the real environment.
+
+    Attributes:
+        every: updates between evaluations.
+        episodes: episodes per evaluation.
+        seed: episode i of every evaluation is reset with `seed + i`.
+    """
+
+    every: int
+    episodes: int
+    seed: int
+
+
+def run_updates(
+    agent: SAC | BC,
+    sampler: RealSampler,
+    steps: int,
+    env_id: str,
+    evaluation: Evaluation,
+    on_eval: Callable[[dict], None],
+    progress: bool,
+    desc: str,
+    checkpoint: Checkpointer | None = None,
+) -> None:
+    """The training loop every learner shares: `steps` updates on the sampler's batches, an
+    evaluation in `env_id` at step 0, every `evaluation.every` updates and after the last,
+    and a checkpoint every `checkpoint.every` updates (resuming from the newest one first).
+
+    Args:
+        agent: the learner, updated in place.
+        sampler: `update index -> (batch, statistics)`, with `state`/`restore` for
+            checkpoints.
+        steps: gradient updates.
+        env_id: the gymnasium environment the policy is evaluated in.
+        evaluation: when and how to evaluate.
+        on_eval: receives each evaluation record (see `train_policy`).
+        progress: show a tqdm bar.
+        desc: the bar's label.
+        checkpoint: resume and save; None: neither.
+    """
+    if evaluation.every < 1:
+        raise OmbrlError(f"eval_every: {evaluation.every} must be at least 1")
     progress_state = _Progress()
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None:
@@ -243,7 +299,10 @@ def train_policy(
 
     def report(step: int, metrics: dict[str, float]) -> None:
         returns = evaluate(
-            lambda obs: agent.act(obs, deterministic=True), dataset.env_id, eval_episodes, eval_seed
+            lambda obs: agent.act(obs, deterministic=True),
+            env_id,
+            evaluation.episodes,
+            evaluation.seed,
         )
         record = {
             "step": step,
@@ -255,24 +314,22 @@ def train_policy(
         on_eval(record)
         bar.set_postfix({"return": f"{record['return']:.1f}"})
 
-    desc = f"{mode} seed {seed}"
-    with tqdm(total=cfg.steps, initial=progress_state.step, disable=not progress, desc=desc) as bar:
+    with tqdm(total=steps, initial=progress_state.step, disable=not progress, desc=desc) as bar:
         if not progress_state.records:
             report(0, {})
-        for step in range(progress_state.step + 1, cfg.steps + 1):
-            batch, rollout_stats = sampler(step - 1)
+        for step in range(progress_state.step + 1, steps + 1):
+            batch, stats = sampler(step - 1)
             progress_state.add(agent.update(batch))
             bar.update()
-            if step % eval_every == 0 or step == cfg.steps:
-                report(step, {**progress_state.pop_means(), **rollout_stats})
-            if checkpoint is not None and checkpoint.due(step) and step < cfg.steps:
+            if step % evaluation.every == 0 or step == steps:
+                report(step, {**progress_state.pop_means(), **stats})
+            if checkpoint is not None and checkpoint.due(step) and step < steps:
                 tensors, sampler_meta = sampler.state()
                 checkpoint.save(
                     step,
                     {**prefixed(agent.state_dict(), "agent"), **prefixed(tensors, "sampler")},
                     {"progress": asdict(progress_state), "sampler": sampler_meta},
                 )
-    return agent
 
 
 @dataclass
