@@ -78,18 +78,26 @@ def test_cli_runs_are_reproducible_and_tracked(tmp_path, tracking_store) -> None
     assert [m.step for m in history] == [0, 20, 40]
 
 
+ENV = ["--env", "Pendulum-v1"]
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--mode", "bc"], "--env trains online, which only --mode sac does, not bc"),
-        (["--mode", "sac", "--warmup", "10"], "warmup: 10 steps cannot fill a batch of 256"),
-        (["--mode", "sac", "--dataset", "d.hdf5"], "--dataset: not allowed with argument --env"),
+        ([*ENV, "--mode", "bc"], "--env trains online, which only --mode sac does, not bc"),
+        ([*ENV, "--mode", "sac", "--warmup", "10"], "warmup: 10 steps cannot fill a batch of 256"),
+        (
+            [*ENV, "--mode", "sac", "--dataset", "d.hdf5"],
+            "--dataset: not allowed with argument --env",
+        ),
+        (
+            ["--dataset", "d.hdf5", "--mode", "sac", "--warmup", "500"],
+            "--warmup: random steps of online training, only with --env",
+        ),
     ],
 )
 def test_online_mistakes_are_one_line_errors(args, fragment, tmp_path) -> None:
-    result = ombrl(
-        "train-policy", "--env", "Pendulum-v1", *args, "--output", "x", "--quiet", cwd=tmp_path
-    )
+    result = ombrl("train-policy", *args, "--output", "x", "--quiet", cwd=tmp_path)
     assert_user_error(result, fragment)
     assert len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "x").exists()

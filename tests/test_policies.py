@@ -20,6 +20,7 @@ from ombrl.models.uncertainty import dataset_uncertainty
 from ombrl.policies import (
     MODE_SECTIONS,
     MODES,
+    Evaluation,
     PolicyConfig,
     policy_config,
     resolve_pessimism,
@@ -107,11 +108,9 @@ def run(mode, data, ensemble, cfg, seed=0, eval_every=120, episodes=2) -> tuple[
         cfg,
         seed=seed,
         device="cpu",
-        eval_every=eval_every,
-        eval_episodes=episodes,
+        evaluation=Evaluation(eval_every, episodes, seed=1000),
         on_eval=records.append,
         progress=False,
-        eval_seed=1000,
     )
     return agent, records
 

@@ -224,6 +224,8 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
 
     if args.env is not None and args.mode != "sac":
         raise OmbrlError(f"--env trains online, which only --mode sac does, not {args.mode}")
+    if args.env is None and args.warmup is not None:
+        raise OmbrlError("--warmup: random steps of online training, only with --env")
     section = MODES[args.mode].section
     params = parse_params(args.params, section)
     if MODES[args.mode].model:
@@ -292,7 +294,7 @@ class _PolicyJob:
 def _offline_job(args: argparse.Namespace, cfg: dict, device) -> _PolicyJob:
     from ombrl.data.scores import reference_scores
     from ombrl.models.ensemble import load_ensemble
-    from ombrl.policies import MODES, train_policy
+    from ombrl.policies import MODES, Evaluation, train_policy
 
     dataset = load_dataset(args.dataset)
     ref_scores = reference_scores(dataset)
@@ -330,9 +332,7 @@ def _offline_job(args: argparse.Namespace, cfg: dict, device) -> _PolicyJob:
             cfg,
             seed=args.seed,
             device=device,
-            eval_every=args.eval_every,
-            eval_episodes=args.eval_episodes,
-            eval_seed=args.eval_seed,
+            evaluation=Evaluation(args.eval_every, args.eval_episodes, args.eval_seed),
             on_eval=on_eval,
             progress=not args.quiet,
             checkpoint=checkpoint,
@@ -352,14 +352,16 @@ def _online_job(args: argparse.Namespace, cfg: dict, device) -> _PolicyJob:
     from ombrl.online import train_online
     from ombrl.policies import Evaluation
 
+    warmup = 1000 if args.warmup is None else args.warmup
+
     def train(on_eval: Callable[[dict], None]):
         evaluation = Evaluation(args.eval_every, args.eval_episodes, args.eval_seed)
         return train_online(
-            args.env, cfg, args.warmup, args.seed, device, evaluation, on_eval, not args.quiet
+            args.env, cfg, warmup, args.seed, device, evaluation, on_eval, not args.quiet
         )
 
     ref_scores = D4RL_REF_SCORES.get(d4rl_family(args.env) or "")
-    meta = {"env_id": args.env, "warmup": args.warmup}
+    meta = {"env_id": args.env, "warmup": warmup}
     return _PolicyJob({"env": args.env}, "online", ref_scores, meta, train)
 
 
@@ -557,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-seed", type=int, default=100000, help="first evaluation env seed")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument(
-        "--warmup", type=int, default=1000, help="with --env: random steps before learning"
+        "--warmup", type=int, help="with --env: random steps before learning (default 1000)"
     )
     p.add_argument("--output", required=True, help="folder for policy, progress.csv, eval.json")
     _add_checkpoint_flags(p, every=1000, unit="updates (offline only)")

@@ -177,6 +177,21 @@ def make_agent(
     return agent_cls(obs_dim, act_dim, low, high, cfg.agent, device, seed)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """How a training loop evaluates its policy in the real environment.
+
+    Attributes:
+        every: updates between evaluations.
+        episodes: episodes per evaluation.
+        seed: episode i of every evaluation is reset with `seed + i`.
+    """
+
+    every: int
+    episodes: int
+    seed: int
+
+
 def train_policy(
     mode: str,
     dataset: Dataset,
@@ -184,11 +199,9 @@ def train_policy(
     cfg: PolicyConfig | Mapping,
     seed: int,
     device: torch.device | str,
-    eval_every: int,
-    eval_episodes: int,
+    evaluation: Evaluation,
     on_eval: Callable[[dict], None],
     progress: bool,
-    eval_seed: int,
     checkpoint: Checkpointer | None = None,
 ) -> SAC | BC:
     """Train a policy offline and evaluate it in the real environment along the way.
@@ -200,14 +213,12 @@ def train_policy(
         cfg: a `PolicyConfig`, or the mode's parameter dict (see `policy_config`).
         seed: the job's seed; every training random number derives from it.
         device: "cpu", "cuda" or a torch.device.
-        eval_every: updates between evaluations.
-        eval_episodes: episodes per evaluation.
+        evaluation: when and how to evaluate the deterministic policy.
         on_eval: called with {"step", "return", "return_std", <mean update metrics since the
             last evaluation>, <statistics of the last rollout round>} at step 0, every
-            `eval_every` updates and after the last update; after a resume, first with every
-            record saved in the checkpoint, so a log always holds the whole history.
+            `evaluation.every` updates and after the last update; after a resume, first with
+            every record saved in the checkpoint, so a log always holds the whole history.
         progress: show a tqdm bar.
-        eval_seed: episode i of every evaluation is reset with `eval_seed + i`.
         checkpoint: resume from its newest state if any, and save one every
             `checkpoint.every` updates; None: neither.
 
@@ -235,28 +246,13 @@ def train_policy(
         sampler,
         cfg.steps,
         dataset.env_id,
-        Evaluation(eval_every, eval_episodes, eval_seed),
+        evaluation,
         on_eval,
         progress=progress,
         desc=f"{mode} seed {seed}",
         checkpoint=checkpoint,
     )
     return agent
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """How a training loop evaluates its policy in the real environment.
-
-    Attributes:
-        every: updates between evaluations.
-        episodes: episodes per evaluation.
-        seed: episode i of every evaluation is reset with `seed + i`.
-    """
-
-    every: int
-    episodes: int
-    seed: int
 
 
 def run_updates(

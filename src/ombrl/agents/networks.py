@@ -84,10 +84,8 @@ class StackedMLP(nn.Module):
         grads: list[Tensor] = []
         for k, (w, _) in reversed(list(enumerate(self.layers()))):
             x = inputs[k]
-            if w.shape[-1] == 1:
-                grads += [grad.sum(1, keepdim=True), (x * grad).sum(1).unsqueeze(-1)]
-            else:
-                grads += [grad.sum(1, keepdim=True), torch.bmm(x.mT, grad)]
+            weight_grad = (x * grad).sum(1).unsqueeze(-1) if w.shape[-1] == 1 else x.mT @ grad
+            grads += [grad.sum(1, keepdim=True), weight_grad]  # reversed below: w before b
             if k > 0:
                 grad = self._to_layer_input(w, grad, x)
         return grads[::-1]

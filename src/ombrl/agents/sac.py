@@ -26,6 +26,7 @@ caller, so the same seed gives the same numbers.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -73,7 +74,7 @@ class ActorSample(NamedTuple):
         )
 
 
-def _set_grads(params, grads: list[Tensor | None]) -> None:
+def _set_grads(params: Iterable[Tensor], grads: list[Tensor | None]) -> None:
     """Give each parameter its gradient, as `loss.backward()` would before an optimiser step."""
     for param, grad in zip(params, grads, strict=True):
         param.grad = grad
