@@ -115,9 +115,10 @@ def test_same_seed_same_numbers_and_a_new_seed_differs(dataset, tmp_path):
         pd.testing.assert_frame_equal(*numbers)
     progress = pd.read_csv(first / "policy/progress.csv")
     assert list(progress["step"]) == [0, 30, 60]
-    assert list(progress.columns[:6]) == [
+    assert list(progress.columns[:7]) == [
         "dataset",
         "mode",
+        "method",
         "seed",
         "step",
         "return",

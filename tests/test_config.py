@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ombrl.config import load_ensemble_config, load_study, parse_params, read_yaml, validate
+from ombrl.config import load_ensemble_config, load_study, parse_params, read_yaml
 from ombrl.errors import OmbrlError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def test_every_problem_is_reported_one_line_each():
     bad["modes"]["magic"] = {}
     bad["datasets"]["pendulum-random"]["policy"] = "great"
     with pytest.raises(OmbrlError) as info:
-        validate(bad, "study.yaml")
+        load_study(bad, "study.yaml", root=ROOT)
     lines = str(info.value).splitlines()
     assert len(lines) == 5
     assert all(line.startswith("study.yaml: ") for line in lines)
@@ -42,7 +42,8 @@ def test_every_problem_is_reported_one_line_each():
     assert "colour: unknown key" in text
     assert "seeds.0: 'zero' is not of type 'integer'" in text
     assert "modes.bc.stepz: unknown key" in text
-    assert "modes.magic: unknown name; choose from bc, sac, mbpo, epistemic-penalty" in text
+    assert "modes.magic.method: 'magic' is not one of bc, sac, mbpo" in text
+    assert "(name one with `method:`)" in text
     assert "datasets.pendulum-random.policy: 'great' is not one of random, medium, expert" in text
 
 
@@ -129,7 +130,7 @@ def test_per_dataset_overrides_are_validated_and_applied():
         load_study(study, "s.yaml", root=ROOT)
     text = str(info.value)
     assert "overrides.nowhere: not an entry of datasets" in text
-    assert "overrides.pendulum-medium.aleatoric-penalty: rollout_length: 'long'" in text
+    assert "overrides.pendulum-medium.aleatoric-penalty.rollout_length: 'long'" in text
 
 
 def test_yaml_aliases_give_each_mode_its_own_defaults(tmp_path):
@@ -159,3 +160,34 @@ def test_a_choice_named_none_is_a_choice_and_not_null():
         ["scale=none", "halt_penalty=none", "threshold=2"], "epistemic_partitioning"
     )
     assert parsed == {"scale": "none", "halt_penalty": None, "threshold": 2}
+
+
+def test_named_entries_run_one_method_with_different_settings():
+    study = default_study()
+    mopo = study["modes"].pop("aleatoric-penalty")
+    study["modes"]["mopo-l1"] = {**mopo, "method": "aleatoric-penalty", "penalty_lambda": 1}
+    study["modes"]["mopo-l5"] = {**mopo, "method": "aleatoric-penalty", "penalty_lambda": 5}
+    modes = load_study(study, "s.yaml", root=ROOT)["modes"]
+    assert modes["bc"]["method"] == "bc"  # an entry without `method:` is its own method
+    assert [modes[m]["method"] for m in ("mopo-l1", "mopo-l5")] == ["aleatoric-penalty"] * 2
+    assert (modes["mopo-l1"]["penalty_lambda"], modes["mopo-l5"]["penalty_lambda"]) == (1, 5)
+    assert modes["mopo-l5"]["uncertainty"] == "max_norm"  # the method's defaults
+
+
+def test_method_mistakes_are_one_line_each():
+    study = default_study()
+    study["modes"]["mopo"] = {"method": "mopo", "ensemble": "pnn-small"}
+    study["modes"]["mopo-l5"] = {"method": "aleatoric-penalty", "ensemble": "pnn-small", "lamda": 5}
+    with pytest.raises(OmbrlError) as info:
+        load_study(study, "s.yaml", root=ROOT)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("s.yaml: modes.mopo.method: 'mopo' is not one of bc, sac, mbpo")
+    assert lines[1].startswith("s.yaml: modes.mopo-l5.lamda: unknown key (known: alpha,")
+
+
+def test_more_elites_than_members_is_an_error_not_a_clamp():
+    study = default_study()
+    study["ensembles"]["pnn-small"]["params"].update(num_models=3, num_elites=5)
+    with pytest.raises(OmbrlError, match="num_elites: 5 is more than num_models \\(3\\)"):
+        load_study(study, "s.yaml", root=ROOT)

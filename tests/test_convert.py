@@ -130,7 +130,7 @@ def test_converted_means_match_upstream_members(tmp_path, spec):
     assert (theirs[0] - theirs[1]).abs().max() > 1e-2
     # The masked dimension keeps s exactly, as upstream.
     assert torch.equal(ours[..., CONSTANT_DIM], s[:, CONSTANT_DIM].expand(E, -1))
-    assert model.architecture["hidden_sizes"] == spec["hidden_size"]
+    assert model.architecture["hidden_size"] == spec["hidden_size"]
     assert model.activation == spec["activation_fn"] and model.elites == list(range(E))
     assert meta["upstream_config"]["dataset"] == "hopper-medium-v0"
     assert sorted(meta["upstream_files"]) == sorted(

@@ -157,7 +157,7 @@ def test_ensemble_linear_init_and_batched_matmul():
 def test_bad_arguments_raise_ombrl_error():
     with pytest.raises(OmbrlError, match="activation"):
         DynamicsEnsemble(OBS, ACT, [8], E, False, "tanh", False)
-    with pytest.raises(OmbrlError, match="num_members"):
+    with pytest.raises(OmbrlError, match="num_models"):
         DynamicsEnsemble(OBS, ACT, [8], 0, False, "relu", False)
 
 

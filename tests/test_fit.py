@@ -26,7 +26,7 @@ CPU = torch.device("cpu")
 
 
 BASE_CFG = FitConfig(
-    epochs=30,
+    fit_epochs=30,
     batch_size=64,
     lr=3e-3,
     weight_decay=0.0,
@@ -39,7 +39,6 @@ BASE_CFG = FitConfig(
     normalization="std",
     grad_clip=None,
     compile=False,
-    track_training=False,
 )
 
 
@@ -102,8 +101,9 @@ def test_deterministic_ensemble_fits_linear_system():
 def test_probabilistic_variance_is_calibrated():
     obs, act, next_obs, _ = linear_system(2, 4000, noise=True)
     model = make_model(probabilistic=True, members=2)
-    cfg = dataclasses.replace(BASE_CFG, epochs=40, bootstrap=True, lr=2e-3, track_training=True)
-    result = fit_ensemble(model, make_dataset(obs, act, next_obs), cfg, 0, CPU, progress=False)
+    cfg = dataclasses.replace(BASE_CFG, fit_epochs=40, bootstrap=True, lr=2e-3)
+    data = make_dataset(obs, act, next_obs)
+    result = fit_ensemble(model, data, cfg, 0, CPU, progress=False, track_training=True)
     # The logged calibration agrees: mean z^2 near 1, about 68% inside one predicted sigma.
     last = result.history[-1]
     for name in ("holdout_z2", "holdout_z2_ensemble", "holdout_z2_m0", "holdout_z2_m1"):
@@ -163,7 +163,7 @@ def test_mujoco_ensemble_beats_mean_delta_tenfold():
     test = collect_inverted_pendulum(1, 1000)
     torch.manual_seed(0)
     model = DynamicsEnsemble(4, 1, [64, 64], 3, False, "swish", False)
-    cfg = dataclasses.replace(BASE_CFG, epochs=25, holdout_by="trajectory", patience=5)
+    cfg = dataclasses.replace(BASE_CFG, fit_epochs=25, holdout_by="trajectory", patience=5)
     fit_ensemble(model, train, cfg, 0, CPU, progress=False)
     with torch.no_grad():
         pred = model.predict(torch.tensor(test.observations), torch.tensor(test.actions))
@@ -203,7 +203,7 @@ def test_normalizers_come_from_the_training_split_only():
     obs = obs + episode_ids[:, None]  # episodes differ, so the split changes the statistics
     data = make_dataset(obs, act, next_obs, episode_ids=episode_ids)
     model = make_model()
-    cfg = dataclasses.replace(BASE_CFG, epochs=1, holdout_by="trajectory", normalization="mad")
+    cfg = dataclasses.replace(BASE_CFG, fit_epochs=1, holdout_by="trajectory", normalization="mad")
     result = fit_ensemble(model, data, cfg, 0, CPU, progress=False)
     train = np.setdiff1d(np.arange(1000), result.holdout_indices)
     inputs = np.concatenate([obs, act], axis=1)[train]
@@ -218,7 +218,7 @@ def test_early_stopping_restores_best_snapshots_and_picks_elites():
     obs, act = rng.normal(size=(600, 3)), rng.normal(size=(600, 2))
     next_obs = obs + rng.normal(size=(600, 3))  # pure noise: holdout MSE cannot keep improving
     model = make_model(members=4, hidden=[128, 128])
-    cfg = dataclasses.replace(BASE_CFG, epochs=200, batch_size=32, patience=3, num_elites=2)
+    cfg = dataclasses.replace(BASE_CFG, fit_epochs=200, batch_size=32, patience=3, num_elites=2)
     seen: list[dict] = []
     result = fit_ensemble(
         model, make_dataset(obs, act, next_obs), cfg, 0, CPU, on_epoch=seen.append, progress=False
@@ -262,7 +262,7 @@ def test_identical_members_stay_identical_only_with_shared_batches(bootstrap):
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(p[:1].clone().expand_as(p))
-    cfg = dataclasses.replace(BASE_CFG, epochs=3, bootstrap=bootstrap)
+    cfg = dataclasses.replace(BASE_CFG, fit_epochs=3, bootstrap=bootstrap)
     fit_ensemble(model, make_dataset(obs, act, next_obs), cfg, 0, CPU, progress=False)
     weight = model.head.weight
     same = torch.allclose(weight[0], weight[1], atol=1e-6)
@@ -273,7 +273,7 @@ def test_same_seed_same_result_and_different_seed_differs():
     obs, act, next_obs, _ = linear_system(7, 600)
     data = make_dataset(obs, act, next_obs)
     cfg = dataclasses.replace(
-        BASE_CFG, epochs=4, bootstrap=True, scheduler_gamma=0.9, grad_clip=1.0, weight_decay=1e-4
+        BASE_CFG, fit_epochs=4, bootstrap=True, scheduler_gamma=0.9, grad_clip=1.0, weight_decay=1e-4
     )
     runs = []
     for seed in (3, 3, 4):
@@ -294,7 +294,7 @@ def test_compiled_loss_trains_like_the_eager_one_and_reproducibly():
     two compiled runs agree exactly."""
     obs, act, next_obs, _ = linear_system(9, 500)
     data = make_dataset(obs, act, next_obs)
-    cfg = dataclasses.replace(BASE_CFG, epochs=3, weight_decay=[1e-4, 1e-4, 1e-4])
+    cfg = dataclasses.replace(BASE_CFG, fit_epochs=3, weight_decay=[1e-4, 1e-4, 1e-4])
     states = []
     torch._dynamo.reset()
     for compiled in (False, True, True):
@@ -314,7 +314,7 @@ def test_compiled_loss_trains_like_the_eager_one_and_reproducibly():
 def test_probabilistic_history_has_nll_columns():
     obs, act, next_obs, _ = linear_system(8, 300)
     model = make_model(probabilistic=True, members=2)
-    cfg = dataclasses.replace(BASE_CFG, epochs=2, num_elites=1)
+    cfg = dataclasses.replace(BASE_CFG, fit_epochs=2, num_elites=1)
     result = fit_ensemble(model, make_dataset(obs, act, next_obs), cfg, 0, CPU, progress=False)
     row = result.history[0]
     for key in ("train_nll", "holdout_nll", "holdout_nll_m1", "holdout_mse_ensemble"):
@@ -372,8 +372,8 @@ def test_costly_metrics_only_with_track_training_and_no_extra_pass_without():
     for track in (False, True):
         model = make_model(probabilistic=True)
         rows = count_forward_rows(model)
-        cfg = dataclasses.replace(BASE_CFG, epochs=3, track_training=track)
-        result = fit_ensemble(model, data, cfg, 0, CPU, progress=False)
+        cfg = dataclasses.replace(BASE_CFG, fit_epochs=3)
+        result = fit_ensemble(model, data, cfg, 0, CPU, progress=False, track_training=track)
         runs[track] = (rows, result.history, model.state_dict())
         assert all(name in row for row in result.history for name in cheap)
         assert all((name in row) == track for row in result.history for name in costly)
@@ -393,7 +393,7 @@ def test_costly_metrics_only_with_track_training_and_no_extra_pass_without():
 def test_full_dataset_and_calibration_metrics_match_an_independent_computation():
     obs, act, next_obs, _ = linear_system(11, 600, noise=True)
     model = make_model(probabilistic=True, members=2)
-    cfg = dataclasses.replace(BASE_CFG, epochs=2, num_elites=1, track_training=True)
+    cfg = dataclasses.replace(BASE_CFG, fit_epochs=2, num_elites=1)
     predictions = []
 
     def predict_everything(_row: dict) -> None:
@@ -440,7 +440,7 @@ def reward_of(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
 def test_reward_head_learns_a_known_reward_function():
     obs, act, next_obs, _ = linear_system(12, 3000, noise=True)
     model = make_model(probabilistic=True, reward=True)
-    cfg = dataclasses.replace(BASE_CFG, epochs=30)
+    cfg = dataclasses.replace(BASE_CFG, fit_epochs=30)
     data = make_dataset(obs, act, next_obs, reward_of(obs, act))
     fit_ensemble(model, data, cfg, 0, CPU, progress=False)
     t_obs, t_act, _, _ = linear_system(13, 1000)

@@ -109,19 +109,19 @@ def test_ensemble_round_trip_predicts_identically(tmp_path, probabilistic):
         x, y = getattr(a, field), getattr(b, field)
         assert (x is None and y is None) or torch.equal(x, y)
     stored = json.loads((tmp_path / "model.json").read_text())["meta"]
-    assert stored["architecture"]["hidden_sizes"] == [16, 16]
+    assert stored["architecture"]["hidden_size"] == [16, 16]
 
 
 def test_ensemble_weights_must_match_json_architecture(tmp_path):
     save_ensemble(make_ensemble(False), tmp_path, {})
     path = tmp_path / "model.json"
     document = json.loads(path.read_text())
-    document["meta"]["architecture"]["hidden_sizes"] = [16, 32]
+    document["meta"]["architecture"]["hidden_size"] = [16, 32]
     path.write_text(json.dumps(document))
     with pytest.raises(OmbrlError, match="does not match the architecture"):
         load_ensemble(tmp_path)
     document["meta"]["architecture"]["probabilistic"] = True
-    document["meta"]["architecture"]["hidden_sizes"] = [16, 16]
+    document["meta"]["architecture"]["hidden_size"] = [16, 16]
     path.write_text(json.dumps(document))
     with pytest.raises(OmbrlError, match="does not match the architecture"):
         load_ensemble(tmp_path)

@@ -45,7 +45,7 @@ def write_metrics(path: Path, probabilistic: bool) -> None:
     torch.manual_seed(0)
     model = DynamicsEnsemble(3, 1, [16, 16], MEMBERS, probabilistic, "swish", False)
     cfg = FitConfig(
-        epochs=6,
+        fit_epochs=6,
         batch_size=64,
         lr=3e-3,
         weight_decay=0.0,

@@ -1,29 +1,30 @@
-"""Online SAC (`ombrl.online`, `ombrl train-policy --env`): the learner learns when it acts."""
+"""Online SAC (`ombrl.methods.sac`, `ombrl train-policy --env`): the learner learns when it acts."""
 
 import json
 
 import pandas as pd
 import pytest
+import torch
 from test_cli import assert_user_error, ombrl
 
-from ombrl.online import train_online
-from ombrl.policies import Evaluation
+from ombrl.config import resolve_mode
+from ombrl.methods import Inputs
+from ombrl.methods.sac import train
+from ombrl.training.loop import Evaluation
 
 
 def test_solves_pendulum_within_a_fixed_budget() -> None:
     """1000 random steps, then 6000 steps with one update each: from about -1400 (the untrained
     policy) to above -300 over 10 evaluation episodes (about -170 to -200 with seeds 0 to 3)."""
     records: list[dict] = []
-    train_online(
-        "Pendulum-v1",
-        {"steps": 6000, "hidden_size": [64, 64], "batch_size": 128, "lr": 1e-3},
-        warmup=1000,
-        seed=0,
-        device="cpu",
-        evaluation=Evaluation(every=3000, episodes=10, seed=100000),
-        on_eval=records.append,
-        progress=False,
+    cfg = resolve_mode(
+        "sac", {"steps": 6000, "hidden_size": [64, 64], "batch_size": 128, "lr": 1e-3}, "test"
     )
+    evaluation = Evaluation(every=3000, episodes=10, seed=100000)
+    inputs = Inputs(
+        "Pendulum-v1", None, None, 0, torch.device("cpu"), evaluation, False, warmup=1000
+    )
+    train("sac", cfg, inputs, records.append)
     assert [r["step"] for r in records] == [0, 3000, 6000]
     assert records[0]["return"] < -1000
     assert records[-1]["return"] > -300

@@ -11,22 +11,17 @@ import torch
 
 from ombrl.agents.bc import BC, BCConfig
 from ombrl.agents.sac import SAC, SACConfig
-from ombrl.config import SCHEMA, validate
+from ombrl.config import SCHEMA, build, resolve_mode
 from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
 from ombrl.evaluate import evaluate
+from ombrl.methods import METHODS, Inputs, method_module, method_spec
+from ombrl.methods.sac import PESSIMISM
 from ombrl.models.ensemble import DynamicsEnsemble
+from ombrl.models.pessimism import PartitionRule, PenaltyRule, RolloutConfig, resolve_pessimism
 from ombrl.models.uncertainty import dataset_uncertainty
-from ombrl.policies import (
-    MODE_SECTIONS,
-    MODES,
-    Evaluation,
-    PolicyConfig,
-    policy_config,
-    resolve_pessimism,
-    train_policy,
-)
 from ombrl.tasks import get_task
+from ombrl.training.loop import Evaluation
 
 ENV = "InvertedPendulum-v5"
 GAIN = np.array([2.0, 10.0, 1.0, 1.0])  # a = K s balances InvertedPendulum-v5
@@ -81,7 +76,14 @@ def tiny_ensemble(data: Dataset) -> DynamicsEnsemble:
     return model.eval()
 
 
-def mopo_config(steps: int, mode: str = "aleatoric-penalty", **extra) -> PolicyConfig:
+def settings(mode: str, **params) -> dict:
+    """A method's resolved settings, as a job receives them (schema defaults filled in)."""
+    resolved = resolve_mode(mode, params, "test")
+    resolved.pop("method")
+    return resolved
+
+
+def mopo_config(steps: int, mode: str = "aleatoric-penalty", **extra) -> dict:
     """A small config of a model-based mode (schema defaults for every other key)."""
     params = {
         "ensemble": "tiny",
@@ -96,22 +98,21 @@ def mopo_config(steps: int, mode: str = "aleatoric-penalty", **extra) -> PolicyC
         "real_ratio": 0.25,
         **extra,
     }
-    return policy_config(mode, params)
+    return settings(mode, **params)
 
 
 def run(mode, data, ensemble, cfg, seed=0, eval_every=120, episodes=2) -> tuple[object, list]:
     records: list[dict] = []
-    agent = train_policy(
-        mode,
+    inputs = Inputs(
+        data.env_id,
         data,
         ensemble,
-        cfg,
-        seed=seed,
-        device="cpu",
-        evaluation=Evaluation(eval_every, episodes, seed=1000),
-        on_eval=records.append,
+        seed,
+        torch.device("cpu"),
+        Evaluation(eval_every, episodes, seed=1000),
         progress=False,
     )
+    agent = method_module(mode).train(mode, cfg, inputs, records.append)
     return agent, records
 
 
@@ -136,64 +137,67 @@ def test_penalty_changes_training(dataset) -> None:
     model = tiny_ensemble(dataset)
     cfg = mopo_config(100)
     _, plain = run("aleatoric-penalty", dataset, model, cfg, eval_every=100, episodes=1)
-    cfg.rollout.penalty_lambda = 100.0
+    cfg["penalty_lambda"] = 100.0
     _, harsh = run("aleatoric-penalty", dataset, model, cfg, eval_every=100, episodes=1)
     assert harsh[-1]["rollout_reward"] < plain[-1]["rollout_reward"] - 10
     assert harsh[-1]["q_mean"] < plain[-1]["q_mean"]
 
 
 def test_bc_loop_evaluates_at_start_every_interval_and_end(dataset) -> None:
-    cfg = PolicyConfig(steps=60, agent=BCConfig([32], 1e-3, 64), rollout=None)
+    cfg = settings("bc", steps=60, hidden_size=[32], lr=1e-3, batch_size=64)
     agent, records = run("bc", dataset, None, cfg, eval_every=25)
     assert isinstance(agent, BC)
     assert [r["step"] for r in records] == [0, 25, 50, 60]
     assert records[1]["bc_loss"] > records[3]["bc_loss"]
 
 
-def test_policy_config_accepts_the_schema_vocabulary() -> None:
-    """Every mode's schema entry (defaults filled in) maps to a config of the right shape."""
-    for mode, section in MODE_SECTIONS.items():
-        params = {"ensemble": "pnn"} if MODES[mode].model else {}
-        cfg = policy_config(mode, validate(params, "test", SCHEMA["$defs"][section]))
-        assert cfg.steps >= 1
-        assert isinstance(cfg.agent, BCConfig if mode == "bc" else SACConfig)
-        assert (cfg.rollout is None) == (mode in ("bc", "sac"))
-    assert list(MODES) == SCHEMA["$defs"]["mode_name"]["enum"]
+def test_every_method_resolves_to_configs_of_the_schema_vocabulary() -> None:
+    """Every registered method's section exists, and its defaults build its dataclasses."""
+    for name, spec in METHODS.items():
+        assert spec.section in SCHEMA["$defs"], name
+        params = {"ensemble": "pnn"} if spec.needs_ensemble else {}
+        cfg = settings(name, **params)
+        assert cfg["steps"] >= 1
+        build(BCConfig if name == "bc" else SACConfig, cfg)
+        if spec.needs_ensemble:
+            build(RolloutConfig, cfg)
     upstream = {  # the defaults DESIGN.md names: MOPO's and offline-model-based-rl's choices
         "aleatoric-penalty": ("max_norm", "sampled"),
         "aleatoric-partitioning": ("max_var", "mean"),
-        "epistemic-partitioning": ("epistemic", "mean"),
-        "mbpo": ("epistemic", "sampled"),
     }
     for mode, (kind, source) in upstream.items():
-        rollout_cfg = policy_config(mode, {"ensemble": "pnn"}).rollout
-        assert (rollout_cfg.uncertainty, rollout_cfg.reward_source) == (kind, source)
-    assert policy_config("epistemic-partitioning", {"ensemble": "pnn"}).rollout.halt_reward == (
-        "replace"
-    )
-    with pytest.raises(OmbrlError, match="mode bc: epochs: unknown key"):
-        policy_config("bc", {"epochs": 3})
+        cfg = settings(mode, ensemble="pnn")
+        assert (cfg["uncertainty"], cfg["reward_source"]) == (kind, source)
+    assert settings("epistemic-partitioning", ensemble="pnn")["reward_source"] == "mean"
+    assert settings("mbpo", ensemble="pnn")["reward_source"] == "sampled"
+    assert settings("epistemic-partitioning", ensemble="pnn")["halt_reward"] == "replace"
+    with pytest.raises(OmbrlError, match="test: epochs: unknown key"):
+        settings("bc", epochs=3)
     with pytest.raises(OmbrlError, match="penalty_lambda: unknown key"):
-        policy_config("mbpo", {"ensemble": "pnn", "penalty_lambda": 1.0})
+        settings("mbpo", ensemble="pnn", penalty_lambda=1.0)
     with pytest.raises(OmbrlError, match="threshold_rule: 'mean' is not one of"):
-        policy_config("aleatoric-partitioning", {"ensemble": "pnn", "threshold_rule": "mean"})
+        settings("aleatoric-partitioning", ensemble="pnn", threshold_rule="mean")
+    with pytest.raises(OmbrlError, match="'ensemble' is a required property"):
+        settings("mbpo")
 
 
-@pytest.mark.parametrize("mode", [m for m in MODES if m != "bc"])
+@pytest.mark.parametrize("mode", [m for m, spec in METHODS.items() if spec.module == "sac"])
 def test_every_sac_mode_trains_and_logs_its_mechanism(dataset, mode: str) -> None:
     model = tiny_ensemble(dataset)
-    if MODES[mode].model:
+    model_based = METHODS[mode].needs_ensemble
+    if model_based:
         cfg = mopo_config(100, mode)
     else:
-        cfg = policy_config(mode, {"steps": 100, "hidden_size": [32, 32], "batch_size": 64})
-    agent, records = run(mode, dataset, model if MODES[mode].model else None, cfg, 100, 1)
+        cfg = settings(mode, steps=100, hidden_size=[32, 32], batch_size=64)
+    agent, records = run(mode, dataset, model if model_based else None, cfg, 100, 1)
     assert isinstance(agent, SAC) and agent.step == 100
     last = records[-1]
+    rule = PESSIMISM.get(mode, (None, None))[0]
     assert np.isfinite(last["critic_loss"])
-    assert ("rollout_length" in last) == MODES[mode].model
-    assert ("rollout_uncertainty" in last) == (MODES[mode].pessimism != "none")
-    assert ("rollout_halted" in last) == (MODES[mode].pessimism == "partitioning")
-    if MODES[mode].pessimism == "partitioning":
+    assert ("rollout_length" in last) == model_based
+    assert ("rollout_uncertainty" in last) == (rule is not None)
+    assert ("rollout_halted" in last) == (rule is PartitionRule)
+    if rule is PartitionRule:
         assert last["halt_penalty"] == -float(np.abs(dataset.rewards).max())
 
 
@@ -223,8 +227,9 @@ def test_data_relative_rules_are_resolved_from_the_dataset_and_elites(dataset) -
         ("epistemic-partitioning", "max", 2.0),
         ("aleatoric-partitioning", "percentile", 90.0),
     ):
-        rc = mopo_config(1, mode, threshold_rule=rule, threshold=beta, halt_penalty=-3.0).rollout
-        pessimism = resolve_pessimism("partitioning", rc, model, dataset, task)
+        cfg = mopo_config(1, mode, threshold_rule=rule, threshold=beta, halt_penalty=-3.0)
+        rc = build(PartitionRule, {"uncertainty": "epistemic", **cfg})
+        pessimism = resolve_pessimism(rc, model, dataset, task)
         u = dataset_uncertainty(
             model, dataset, [rc.uncertainty], 512, pessimism.scale, model.elites
         )[rc.uncertainty]
@@ -232,25 +237,24 @@ def test_data_relative_rules_are_resolved_from_the_dataset_and_elites(dataset) -
         assert pessimism.threshold == pytest.approx(expected, rel=1e-6)
         assert pessimism.halt_penalty == -3.0
         torch.testing.assert_close(pessimism.scale, 1 / model.target_std)  # `normalized`
-    rc = mopo_config(1, "epistemic-partitioning", threshold_rule="absolute", threshold=0.7).rollout
-    assert resolve_pessimism("partitioning", rc, model, dataset, task).threshold == 0.7
-    rc = mopo_config(1, "aleatoric-penalty", penalty_lambda=2.0).rollout
-    pessimism = resolve_pessimism("penalty", rc, model, dataset, task)
+    cfg = mopo_config(1, "epistemic-partitioning", threshold_rule="absolute", threshold=0.7)
+    rc = build(PartitionRule, {"uncertainty": "epistemic", **cfg})
+    assert resolve_pessimism(rc, model, dataset, task).threshold == 0.7
+    rc = build(PenaltyRule, mopo_config(1, "aleatoric-penalty", penalty_lambda=2.0))
+    pessimism = resolve_pessimism(rc, model, dataset, task)
     assert (pessimism.kind, pessimism.penalty_lambda, pessimism.scale) == ("penalty", 2.0, None)
 
 
 def test_user_mistakes_are_reported(dataset) -> None:
     cfg = mopo_config(10)
-    with pytest.raises(OmbrlError, match="mode: 'mopo'"):
-        run("mopo", dataset, None, cfg)
+    with pytest.raises(OmbrlError, match="method: 'mopo' is not one of bc, sac"):
+        method_spec("mopo")
     with pytest.raises(OmbrlError, match="needs a trained ensemble"):
         run("aleatoric-penalty", dataset, None, cfg)
     wrong = DynamicsEnsemble(3, 1, [8], 2, True, "swish", False)
     with pytest.raises(OmbrlError, match="dimensions"):
         run("aleatoric-penalty", dataset, wrong, cfg)
-    with pytest.raises(OmbrlError, match="does not belong to this mode"):
-        run("bc", dataset, None, cfg)
-    bc = PolicyConfig(steps=1, agent=BCConfig([8], 1e-3, 8), rollout=None)
+    bc = settings("bc", steps=1, hidden_size=[8], lr=1e-3, batch_size=8)
     with pytest.raises(OmbrlError, match="Hopper-v5"):
         run("bc", replace(dataset, env_id="Hopper-v5"), None, bc)
     with pytest.raises(OmbrlError, match="Nope-v1"):

@@ -12,10 +12,15 @@ import pytest
 import yaml
 from study_runner import copy_workflow, scheduled, snakemake
 
-from ombrl.config import MODE_NAMES
+from ombrl.config import load_study, read_yaml
+from ombrl.methods import METHODS
 
-# The tiny study's modes that train on model rollouts (all but bc and sac).
-MODEL_BASED = len(MODE_NAMES) - 2
+TINY = load_study(read_yaml(Path(".test/config_tiny/config.yaml")), "tiny")
+# The tiny study's mode entries: every method once under its own name, and `mopo-l5`, a second
+# entry of aleatoric-penalty with another lambda.
+ENTRIES = list(TINY["modes"])
+# The entries that train on model rollouts (all but bc and sac).
+MODEL_BASED = sum(METHODS[entry["method"]].needs_ensemble for entry in TINY["modes"].values())
 
 
 def run(workdir, *args):
@@ -32,15 +37,17 @@ def study(tmp_path_factory) -> Path:
 
 def test_the_study_produces_scores_and_figure(study):
     scores = pd.read_csv(study / "results/scores.csv")
-    assert list(scores.columns[:6]) == [
+    assert list(scores.columns[:7]) == [
         "dataset",
         "mode",
+        "method",
         "seed",
         "step",
         "return",
         "normalized_score",
     ]
-    assert set(scores["mode"]) == set(MODE_NAMES)
+    assert set(scores["mode"]) == set(ENTRIES)
+    assert set(scores["method"]) == set(METHODS)
     assert set(scores["dataset"]) == {"tiny-random"}
     # Evaluations at step 0, every 100 updates, and at the end (200).
     assert sorted(scores.loc[scores["mode"] == "bc", "step"]) == [0, 100, 200]
@@ -50,7 +57,7 @@ def test_the_study_produces_scores_and_figure(study):
     loss = study / "results/figures/tiny-random/ensemble_loss.pdf"
     assert loss.read_bytes().startswith(b"%PDF")
     final = pd.read_csv(study / "results/tables/final_scores.csv")
-    assert sorted(final["mode"]) == sorted(MODE_NAMES)
+    assert sorted(final["mode"]) == sorted(ENTRIES)
 
 
 def test_every_job_is_a_finished_mlflow_run_in_the_study_store(study):
@@ -61,9 +68,12 @@ def test_every_job_is_a_finished_mlflow_run_in_the_study_store(study):
         name: client.search_runs([client.get_experiment_by_name(name).experiment_id])
         for name in ("ensembles", "policies")
     }
-    assert len(runs["ensembles"]) == 1 and len(runs["policies"]) == len(MODE_NAMES)
+    assert len(runs["ensembles"]) == 1 and len(runs["policies"]) == len(ENTRIES)
     assert {r.info.status for r in runs["ensembles"] + runs["policies"]} == {"FINISHED"}
-    assert {r.data.tags["mode"] for r in runs["policies"]} == set(MODE_NAMES)
+    assert {r.data.tags["mode"] for r in runs["policies"]} == set(ENTRIES)
+    # A workflow ensemble's run says which study entry and which base config it is.
+    tags = runs["ensembles"][0].data.tags
+    assert (tags["ensemble"], tags["config"]) == ("tiny", "pnn")
 
 
 def test_the_report_holds_the_figure_and_the_score_table(study):
@@ -125,7 +135,7 @@ def test_a_new_seed_adds_only_its_jobs(study):
     assert result.returncode == 0, result.stderr
     assert scheduled(result) == {
         "train_ensemble": 1,
-        "train_policy": len(MODE_NAMES),
+        "train_policy": len(ENTRIES),
         "scores": 1,
         "figure_avg_return": 1,
         "figure_ensemble_loss": 1,
@@ -153,7 +163,7 @@ def test_editing_the_sac_agent_reruns_only_the_jobs_that_use_it(study):
     finally:
         restore()
     assert result.returncode == 0, result.stderr
-    sac_modes = [m for m in MODE_NAMES if m != "bc"]
+    sac_modes = [m for m in ENTRIES if m != "bc"]
     assert scheduled(result) == {
         "train_policy": len(sac_modes),
         "scores": 1,
@@ -200,7 +210,7 @@ def test_the_d4rl_study_plans_every_job_with_its_tuned_values(tmp_path):
     workdir = copy_workflow(tmp_path, "config/d4rl.yaml")
     result = run(workdir, "--configfile", "study.yaml", "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
-    datasets, seeds, modes = 12, 5, len(MODE_NAMES)
+    datasets, seeds, modes = 12, 5, len(METHODS)
     assert scheduled(result) == {
         "download_dataset": datasets,
         "tracking_store": 1,

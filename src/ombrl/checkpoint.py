@@ -213,3 +213,41 @@ class Checkpointer:
     def clear(self) -> None:
         """Delete this job's checkpoints (after its outputs are written)."""
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def job_checkpointer(
+    root: str | None,
+    every: int,
+    identity: Mapping,
+    seed: int,
+    threads: int,
+    output: Path,
+) -> Checkpointer | None:
+    """A job's `Checkpointer` (None when `every` is 0).
+
+    `identity` holds everything that determines the job's numbers; the seed, thread count,
+    output folder and code version are added here, so two jobs never share a checkpoint and
+    a changed job never resumes a stale one.
+
+    Args:
+        root: `--checkpoint-dir` (None: see `checkpoint_root`).
+        every: save every N steps; 0 disables checkpoints.
+        identity: the job's settings, data checksums and inputs.
+        seed: the job's seed.
+        threads: its torch thread count.
+        output: its output folder.
+    """
+    from ombrl.runtime import code_version
+
+    if every < 0:
+        raise OmbrlError(f"--checkpoint-every: {every} must be >= 0 (0: none)")
+    if every == 0:
+        return None
+    identity = {
+        **identity,
+        "seed": seed,
+        "threads": threads,
+        "output": str(Path(output).resolve()),
+        "code_version": code_version(),
+    }
+    return Checkpointer(checkpoint_root(root), identity, every)

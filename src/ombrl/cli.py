@@ -8,72 +8,15 @@ with exit code 2 and no traceback.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
-from ombrl.config import MODE_NAMES, SCHEMA
+from ombrl.config import SCHEMA
 from ombrl.errors import OmbrlError
-
-if TYPE_CHECKING:
-    from ombrl.checkpoint import Checkpointer
-
-DATA_DIR_ENV = "OMBRL_DATA_DIR"
-
-
-def _data_dir() -> Path:
-    return Path(os.environ.get(DATA_DIR_ENV, "resources/datasets"))
-
-
-def load_dataset(name_or_path: str):
-    """A dataset from an HDF5 path, or a D4RL name fetched into the data directory."""
-    from ombrl.data.d4rl import download, parse_name, read_hdf5
-
-    path = Path(name_or_path)
-    if path.suffix in (".hdf5", ".h5") or path.exists():
-        if not path.is_file():
-            raise OmbrlError(f"{path}: no such dataset file")
-        return read_hdf5(path)
-    parse_name(name_or_path)
-    return read_hdf5(download(name_or_path, _data_dir()))
-
-
-def _checkpointer(args: argparse.Namespace, identity: dict) -> Checkpointer | None:
-    """The job's `Checkpointer` (None when `--checkpoint-every 0`).
-
-    `identity` holds everything that determines the job's numbers; the job's output folder
-    and the code version are added here, so two jobs never share a checkpoint and a changed
-    job never resumes a stale one.
-    """
-    from ombrl.checkpoint import Checkpointer, checkpoint_root
-    from ombrl.runtime import code_version
-
-    if args.checkpoint_every < 0:
-        raise OmbrlError(f"--checkpoint-every: {args.checkpoint_every} must be >= 0 (0: none)")
-    if args.checkpoint_every == 0:
-        return None
-    identity = {
-        **identity,
-        "seed": args.seed,
-        "threads": args.threads,
-        "output": str(Path(args.output).resolve()),
-        "code_version": code_version(),
-    }
-    return Checkpointer(checkpoint_root(args.checkpoint_dir), identity, args.checkpoint_every)
-
-
-def _config_name(path: str | None) -> str:
-    return Path(path).stem if path else "defaults"
-
-
-def _run_name(tags: dict) -> str:
-    return "/".join(str(v) for v in tags.values())
-
+from ombrl.methods import METHODS
 
 # ---------------------------------------------------------------------------------------------
 # datasets
@@ -92,17 +35,18 @@ def cmd_collect(args: argparse.Namespace) -> None:
 
 
 def cmd_dataset_fetch(args: argparse.Namespace) -> None:
-    from ombrl.data.d4rl import download, parse_name
+    from ombrl.data.d4rl import data_dir, download, parse_name
 
     parse_name(args.name)
     output = Path(args.output) if args.output else None
-    cache = output.parent if output else _data_dir()
+    cache = output.parent if output else data_dir()
     path = download(args.name, cache)
     if output is not None and path != output:
         os.replace(path, output)
 
 
 def cmd_dataset_inspect(args: argparse.Namespace) -> None:
+    from ombrl.data.d4rl import load_dataset
     from ombrl.data.inspect import summarize
 
     print(json.dumps(summarize(load_dataset(args.dataset)), indent=2))
@@ -113,94 +57,32 @@ def cmd_dataset_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_train_ensemble(args: argparse.Namespace) -> None:
+    from ombrl import ensembles
     from ombrl.config import load_ensemble_config, parse_params
-    from ombrl.models.ensemble import DynamicsEnsemble, save_ensemble
-    from ombrl.models.fit import FitConfig, fit_ensemble
-    from ombrl.runtime import code_version, resolve_device, setup
-    from ombrl.tracking import CsvLog, mlflow_run, resolve_tracking_uri, staged_directory
 
     overrides = parse_params(args.params, "ensemble")
     if args.holdout_ratio is not None:
         overrides["holdout_ratio"] = args.holdout_ratio
-    cfg = load_ensemble_config(Path(args.config) if args.config else None, overrides)
-    device = resolve_device(args.device or cfg["device"])
-    dataset = load_dataset(args.dataset)
-    setup(args.seed, args.threads)  # before the model: its initial weights come from this seed
-    model = DynamicsEnsemble(
-        obs_dim=dataset.obs_dim,
-        act_dim=dataset.act_dim,
-        hidden_sizes=cfg["hidden_size"],
-        num_members=cfg["num_models"],
-        probabilistic=cfg["probabilistic"],
-        activation=cfg["activation"],
-        predict_reward=cfg["predict_reward"],
-    ).to(device)
-    fit = FitConfig(
-        epochs=cfg["fit_epochs"],
-        batch_size=cfg["batch_size"],
-        lr=cfg["lr"],
-        weight_decay=cfg["weight_decay"],
-        holdout_ratio=cfg["holdout_ratio"],
-        holdout_by=cfg["holdout_by"],
-        patience=cfg["patience"],
-        scheduler_gamma=cfg["scheduler_gamma"],
-        bootstrap=cfg["bootstrap"],
-        num_elites=min(cfg["num_elites"], cfg["num_models"]),
-        normalization=cfg["normalization"],
-        grad_clip=cfg["grad_clip"],
-        compile=cfg["compile"],
-        track_training=args.track_training,
-    )
-    checkpoint = _checkpointer(
-        args,
-        {
-            "command": "train-ensemble",
-            "config": cfg,
-            "track_training": args.track_training,  # changes the metric columns
-            "device": device.type,
-            "dataset_checksum": dataset.checksum,
-        },
-    )
-    log = CsvLog()
-    tags = {
-        "dataset": Path(args.dataset).stem,
-        "config": _config_name(args.config),
-        "seed": args.seed,
-    }
-    uri = resolve_tracking_uri(args.tracking_uri)
-    with mlflow_run(uri, "ensembles", _run_name(tags), tags, cfg) as run:
-
-        def on_epoch(row: dict) -> None:
-            log.log(row)
-            if run is not None:
-                run.log(row, row["epoch"])
-
-        result = fit_ensemble(
-            model,
-            dataset,
-            fit,
+    config = Path(args.config) if args.config else None
+    config_name = config.stem if config else "defaults"
+    ensembles.run(
+        ensembles.EnsembleJob(
+            dataset=args.dataset,
+            cfg=load_ensemble_config(config, overrides),
+            name=args.name or config_name,
+            config_name=config_name,
+            output=Path(args.output),
+            csv=Path(args.csv) if args.csv else None,
+            track_training=args.track_training,
             seed=args.seed,
-            device=device,
-            on_epoch=on_epoch,
+            threads=args.threads,
+            device=args.device,
             progress=not args.quiet,
-            checkpoint=checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_dir=args.checkpoint_dir,
+            tracking_uri=args.tracking_uri,
         )
-    meta = {
-        "config": cfg,
-        "seed": args.seed,
-        "threads": args.threads,
-        "dataset": args.dataset,
-        "dataset_checksum": dataset.checksum,
-        "code_version": code_version(),
-        "best_epoch": result.best_epoch,
-    }
-    with staged_directory(Path(args.output)) as out:
-        save_ensemble(model, out, meta)
-        log.write(out / "metrics.csv")
-    if args.csv:
-        log.write(Path(args.csv))
-    if checkpoint is not None:
-        checkpoint.clear()
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,164 +90,43 @@ def cmd_train_ensemble(args: argparse.Namespace) -> None:
 
 
 def cmd_train_policy(args: argparse.Namespace) -> None:
-    """Offline (`--dataset`, any mode) or online (`--env`, SAC acting in the environment)."""
-    from ombrl.config import parse_params, validate
-    from ombrl.data.scores import normalized_score
-    from ombrl.io import save_model
-    from ombrl.policies import MODES
-    from ombrl.runtime import code_version, resolve_device, setup
-    from ombrl.tracking import (
-        CsvLog,
-        mlflow_run,
-        resolve_tracking_uri,
-        staged_directory,
-        write_json,
-    )
+    """Offline (`--dataset`, any method) or online (`--env`, SAC acting in the environment)."""
+    from ombrl import policies
+    from ombrl.config import parse_params, resolve_mode
+    from ombrl.methods import method_spec
+    from ombrl.training.loop import Evaluation
 
-    if args.env is not None and args.mode != "sac":
-        raise OmbrlError(f"--env trains online, which only --mode sac does, not {args.mode}")
-    if args.env is None and args.warmup is not None:
-        raise OmbrlError("--warmup: random steps of online training, only with --env")
-    section = MODES[args.mode].section
-    params = parse_params(args.params, section)
-    if MODES[args.mode].model:
-        if args.ensemble is None:
-            raise OmbrlError(f"--mode {args.mode} needs --ensemble DIR (a trained ensemble)")
+    spec = method_spec(args.mode)
+    params = parse_params(args.params, spec.section)
+    if spec.needs_ensemble and args.ensemble is not None:
         params["ensemble"] = str(args.ensemble)
-    cfg = validate(params, f"--params for mode {args.mode}", SCHEMA["$defs"][section])
-    device = resolve_device(args.device)
-    job = _offline_job(args, cfg, device) if args.env is None else _online_job(args, cfg, device)
-    setup(args.seed, args.threads)
-    log = CsvLog()
-    identity = {**job.identity, "mode": args.mode, "seed": args.seed}
-
-    uri = resolve_tracking_uri(args.tracking_uri)
-    with mlflow_run(uri, job.experiment, _run_name(identity), identity, cfg) as run:
-
-        def on_eval(record: dict) -> None:
-            row = {**identity, "step": record["step"], "return": record["return"]}
-            if job.ref_scores is not None:
-                row["normalized_score"] = normalized_score(record["return"], *job.ref_scores)
-            row.update({k: v for k, v in record.items() if k not in ("step", "return")})
-            log.log(row)
-            if run is not None:
-                run.log({k: v for k, v in row.items() if k not in identity}, record["step"])
-
-        agent = job.train(on_eval)
-    ref_min, ref_max = job.ref_scores or (None, None)
-    meta = {
-        **identity,
-        "config": cfg,
-        "threads": args.threads,
-        **job.meta,
-        "code_version": code_version(),
-        "ref_min_score": ref_min,
-        "ref_max_score": ref_max,
-    }
-    with staged_directory(Path(args.output)) as out:
-        save_model(out, agent.state_dict(), meta, name="policy")
-        log.write(out / "progress.csv")
-        write_json(out / "eval.json", {**meta, "final": log.rows[-1]})
-    if job.checkpoint is not None:
-        job.checkpoint.clear()
-
-
-@dataclass
-class _PolicyJob:
-    """What differs between offline and online policy training in `cmd_train_policy`.
-
-    Attributes:
-        identity: the run's tags besides mode and seed (dataset or env).
-        experiment: the MLflow experiment.
-        ref_scores: (random, expert) returns to normalise with; None: no normalised score.
-        meta: provenance recorded in the policy's JSON.
-        train: `on_eval -> trained agent`.
-        checkpoint: cleared once the outputs are written; None: no checkpoints.
-    """
-
-    identity: dict
-    experiment: str
-    ref_scores: tuple[float, float] | None
-    meta: dict
-    train: Callable
-    checkpoint: Checkpointer | None = None
-
-
-def _offline_job(args: argparse.Namespace, cfg: dict, device) -> _PolicyJob:
-    from ombrl.data.scores import reference_scores
-    from ombrl.models.ensemble import load_ensemble
-    from ombrl.policies import MODES, Evaluation, train_policy
-
-    dataset = load_dataset(args.dataset)
-    ref_scores = reference_scores(dataset)
-    ensemble = None
-    ensemble_meta: dict = {}
-    if MODES[args.mode].model:
-        ensemble, ensemble_meta = load_ensemble(Path(args.ensemble), device)
-        if ensemble_meta.get("dataset_checksum") not in (None, dataset.checksum):
-            raise OmbrlError(
-                f"{args.ensemble}: ensemble was trained on another dataset than {args.dataset}"
-            )
-    checkpoint = _checkpointer(
-        args,
-        {
-            "command": "train-policy",
-            "mode": args.mode,
-            "config": cfg,
-            "device": device.type,
-            "dataset_checksum": dataset.checksum,
-            # model.json records the safetensors' sha256, the elites and the code version.
-            "ensemble_json_sha256": (
-                hashlib.sha256((Path(args.ensemble) / "model.json").read_bytes()).hexdigest()
-                if ensemble is not None
-                else None
-            ),
-            "eval": [args.eval_every, args.eval_episodes, args.eval_seed],
-        },
-    )
-
-    def train(on_eval: Callable[[dict], None]):
-        return train_policy(
-            args.mode,
-            dataset,
-            ensemble,
-            cfg,
+    if not spec.needs_ensemble or args.ensemble is not None:
+        params = resolve_mode(args.mode, params, f"--params for mode {args.mode}")
+        params.pop("method")
+    policies.run(
+        policies.PolicyJob(
+            method=args.mode,
+            name=args.name or args.mode,
+            params=params,
+            output=Path(args.output),
+            dataset=args.dataset,
+            env=args.env,
+            ensemble=Path(args.ensemble) if args.ensemble else None,
             seed=args.seed,
-            device=device,
+            threads=args.threads,
+            device=args.device,
             evaluation=Evaluation(args.eval_every, args.eval_episodes, args.eval_seed),
-            on_eval=on_eval,
+            warmup=args.warmup,
             progress=not args.quiet,
-            checkpoint=checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_dir=args.checkpoint_dir,
+            tracking_uri=args.tracking_uri,
         )
-
-    meta = {
-        "dataset_checksum": dataset.checksum,
-        "ensemble_code_version": ensemble_meta.get("code_version"),
-        "env_id": dataset.env_id,
-    }
-    identity = {"dataset": Path(args.dataset).stem}
-    return _PolicyJob(identity, "policies", ref_scores, meta, train, checkpoint)
-
-
-def _online_job(args: argparse.Namespace, cfg: dict, device) -> _PolicyJob:
-    from ombrl.data.scores import D4RL_REF_SCORES, d4rl_family
-    from ombrl.online import train_online
-    from ombrl.policies import Evaluation
-
-    warmup = 1000 if args.warmup is None else args.warmup
-
-    def train(on_eval: Callable[[dict], None]):
-        evaluation = Evaluation(args.eval_every, args.eval_episodes, args.eval_seed)
-        return train_online(
-            args.env, cfg, warmup, args.seed, device, evaluation, on_eval, not args.quiet
-        )
-
-    ref_scores = D4RL_REF_SCORES.get(d4rl_family(args.env) or "")
-    meta = {"env_id": args.env, "warmup": warmup}
-    return _PolicyJob({"env": args.env}, "online", ref_scores, meta, train)
+    )
 
 
 def cmd_uncertainty(args: argparse.Namespace) -> None:
+    from ombrl.data.d4rl import load_dataset
     from ombrl.models.ensemble import load_ensemble
     from ombrl.models.uncertainty import (
         ALEATORIC_KINDS,
@@ -512,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = dataset.add_subparsers(dest="dataset_command", required=True)
     p = dsub.add_parser("fetch", help="download a D4RL dataset by name")
     p.add_argument("name", help="e.g. hopper-medium-v2")
-    p.add_argument("--output", help=f"file to write (default: ${DATA_DIR_ENV}/NAME.hdf5)")
+    p.add_argument("--output", help="file to write (default: $OMBRL_DATA_DIR/NAME.hdf5)")
     p.set_defaults(func=cmd_dataset_fetch)
     p = dsub.add_parser("inspect", help="print a JSON summary of a dataset")
     p.add_argument("dataset", help="D4RL name or HDF5 path")
@@ -538,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         "over the training split) and holdout calibration of the predicted variance",
     )
     p.add_argument("--csv", help="also write the per-epoch metrics here")
+    p.add_argument("--name", help="the study's ensemble entry, recorded in MLflow and model.json")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--output", required=True, help="folder for model.safetensors + model.json")
     _add_checkpoint_flags(p, every=10, unit="epochs")
@@ -551,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--env", help="gymnasium id, e.g. Pendulum-v1: train SAC online, acting in it"
     )
-    p.add_argument("--mode", required=True, choices=MODE_NAMES)
+    p.add_argument("--mode", required=True, choices=list(METHODS), help="the method")
+    p.add_argument(
+        "--name", help="the study's mode entry, recorded in outputs and logs (default: --mode)"
+    )
     p.add_argument("--ensemble", help="folder of a trained ensemble (model-based modes)")
     p.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--eval-every", type=int, default=1000, help="updates between evaluations")

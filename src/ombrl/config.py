@@ -9,15 +9,18 @@ so a bad key is reported the same way, before any job runs, one line per problem
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 import yaml
 
 from ombrl.errors import OmbrlError
+from ombrl.methods import METHODS, method_spec
 
+T = TypeVar("T")
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
 ENSEMBLE_CONFIG_DIR = Path("config") / "ensembles"
 
@@ -28,8 +31,8 @@ def _load_schema() -> dict:
 
 
 SCHEMA = _load_schema()
-#: Offline mode names, in the schema's order (the CLI's `--mode` choices).
-MODE_NAMES = list(SCHEMA["$defs"]["mode_name"]["enum"])
+# The choices of a mode entry's `method:` are the registry's, never written out again.
+SCHEMA["$defs"]["mode_entry"]["properties"]["method"]["enum"] = list(METHODS)
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -67,9 +70,9 @@ def section_properties(schema: dict) -> dict:
     return props
 
 
-def _format_error(source: str, error: jsonschema.ValidationError) -> list[str]:
-    """One readable line per problem, naming the file and the dotted key."""
-    where = ".".join(str(p) for p in error.absolute_path)
+def _format_error(source: str, error: jsonschema.ValidationError, at: str) -> list[str]:
+    """One readable line per problem, naming the file and the dotted key (below `at`)."""
+    where = ".".join([*([at] if at else []), *(str(p) for p in error.absolute_path)])
     prefix = f"{source}: {where}" if where else source
     unknown_key = error.validator in ("additionalProperties", "unevaluatedProperties")
     if unknown_key and isinstance(error.instance, dict):
@@ -89,8 +92,10 @@ def _format_error(source: str, error: jsonschema.ValidationError) -> list[str]:
     return [f"{prefix}: {error.message}"]
 
 
-def validate(data: Any, source: str, schema: dict | None = None) -> dict:
+def validate(data: Any, source: str, schema: dict | None = None, at: str = "") -> dict:
     """Check `data` against the schema (or a `$defs` entry of it), filling in defaults.
+
+    `at` is the dotted key of `data` within `source` (e.g. `modes.bc`), for messages.
 
     Raises:
         OmbrlError: with every problem found, one line each, each naming `source` and the key.
@@ -102,7 +107,7 @@ def validate(data: Any, source: str, schema: dict | None = None) -> dict:
         )
     validator = _Validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
-    lines = [line for error in errors for line in _format_error(source, error)]
+    lines = [line for error in errors for line in _format_error(source, error, at)]
     if lines:
         raise OmbrlError("\n".join(dict.fromkeys(lines)))
     return data
@@ -189,9 +194,14 @@ def load_ensemble_config(path: Path | None, overrides: dict, source: str = "--pa
         raise OmbrlError(f"{path}: expected a mapping of ensemble keys")
     validate(dict(base), str(path) if path else source, SCHEMA["$defs"]["ensemble"])
     merged = {**base, **overrides}
-    return validate(
-        merged, f"{path} with {source}" if path else source, SCHEMA["$defs"]["ensemble"]
-    )
+    where = f"{path} with {source}" if path else source
+    cfg = validate(merged, where, SCHEMA["$defs"]["ensemble"])
+    if cfg["num_elites"] > cfg["num_models"]:
+        raise OmbrlError(
+            f"{where}: num_elites: {cfg['num_elites']} is more than num_models "
+            f"({cfg['num_models']})"
+        )
+    return cfg
 
 
 def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
@@ -207,8 +217,15 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
     """
     from ombrl.data.d4rl import parse_name
 
-    study = validate(_copy(data), source)
-    problems = []
+    study = _copy(data)
+    problems: list[str] = []
+    try:
+        validate(study, source)
+    except OmbrlError as e:  # report the mode entries' problems too, then stop
+        problems.append(str(e))
+        _resolve_modes(study.get("modes") if isinstance(study, dict) else None, source, problems)
+        lines = [line for problem in problems for line in problem.splitlines()]
+        raise OmbrlError("\n".join(dict.fromkeys(lines))) from None
     for name, spec in study["datasets"].items():
         if spec["source"] == "d4rl":
             try:
@@ -225,31 +242,82 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
             resolved[name] = load_ensemble_config(path, entry["params"], f"ensembles.{name}.params")
         except OmbrlError as e:
             problems.append(str(e))
+    modes = _resolve_modes(study["modes"], source, problems)
+    for name, entry in modes.items():
+        ensemble = entry.get("ensemble")
+        if ensemble is not None and ensemble not in study["ensembles"]:
+            problems.append(
+                f"{source}: modes.{name}.ensemble: {ensemble!r} is not an entry of ensembles"
+            )
     for dataset, per_mode in study["overrides"].items():
         if dataset not in study["datasets"]:
             problems.append(f"{source}: overrides.{dataset}: not an entry of datasets")
-        for mode, values in per_mode.items():
-            if mode not in study["modes"]:
-                problems.append(f"{source}: overrides.{dataset}.{mode}: not an entry of modes")
+        for name, values in per_mode.items():
+            if name not in modes:
+                problems.append(f"{source}: overrides.{dataset}.{name}: not an entry of modes")
                 continue
-            section = SCHEMA["properties"]["modes"]["properties"][mode]["$ref"].split("/")[-1]
-            merged = {**study["modes"][mode], **values}
+            merged = {**study["modes"][name], **values}
             try:
-                validate(merged, f"{source}: overrides.{dataset}.{mode}", SCHEMA["$defs"][section])
+                resolve_mode(name, merged, source, f"overrides.{dataset}.{name}")
             except OmbrlError as e:
                 problems.append(str(e))
-    for mode, params in study["modes"].items():
-        ensemble = params.get("ensemble")
-        if ensemble is not None and ensemble not in study["ensembles"]:
-            problems.append(
-                f"{source}: modes.{mode}.ensemble: {ensemble!r} is not an entry of ensembles"
-            )
     if problems:
         raise OmbrlError("\n".join(problems))
     study["ensembles"] = resolved
+    study["modes"] = modes
     return study
 
 
-def mode_params(study: dict, dataset: str, mode: str) -> dict:
-    """A mode's parameters for one dataset: the mode's, then that dataset's overrides."""
-    return {**study["modes"][mode], **study["overrides"].get(dataset, {}).get(mode, {})}
+def _resolve_modes(entries: object, source: str, problems: list[str]) -> dict:
+    """`resolve_mode` for every entry of a study's `modes:` that is a mapping; the problems
+    are appended to `problems`, and the resolved entries returned."""
+    resolved = {}
+    for name, entry in entries.items() if isinstance(entries, dict) else ():
+        if isinstance(entry, dict):
+            try:
+                resolved[name] = resolve_mode(name, entry, source, f"modes.{name}")
+            except OmbrlError as e:
+                problems.append(str(e))
+    return resolved
+
+
+def resolve_mode(name: str, entry: Mapping, source: str, at: str = "") -> dict:
+    """One `modes:` entry, validated against its method's schema section, defaults filled.
+
+    The one place a method's settings are checked: `load_study` calls it for every entry
+    (and each dataset's overrides), the CLI for `--params`.
+
+    Args:
+        name: the entry's name; also its method when the entry names none.
+        entry: the entry's keys, `method` included or not.
+        source: where the entry comes from (a file), for error messages.
+        at: the entry's dotted key in `source` (e.g. `modes.mopo`), for error messages.
+
+    Returns:
+        `{"method": ..., **every key of the method's section}`.
+
+    Raises:
+        OmbrlError: an unknown method, an unknown key or a bad value (every problem listed).
+    """
+    params = dict(entry)
+    method = params.pop("method", name)
+    where = f"{source}: {at}" if at else source
+    if method not in METHODS:
+        hint = "" if "method" in entry else " (name one with `method:`)"
+        raise OmbrlError(
+            f"{where}{'.method' if at else ''}: {method!r} is not one of "
+            f"{', '.join(METHODS)}{hint}"
+        )
+    checked = validate(params, source, SCHEMA["$defs"][method_spec(method).section], at)
+    return {"method": method, **checked}
+
+
+def mode_params(study: dict, dataset: str, name: str) -> dict:
+    """A mode entry's settings for one dataset: the entry's, then that dataset's overrides."""
+    return {**study["modes"][name], **study["overrides"].get(dataset, {}).get(name, {})}
+
+
+def build(cls: type[T], values: Mapping) -> T:
+    """A config dataclass from resolved settings: its fields are schema keys, so nothing is
+    renamed and nothing defaulted here (every value was filled in by the schema)."""
+    return cls(**{f.name: values[f.name] for f in fields(cls)})

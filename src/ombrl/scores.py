@@ -14,7 +14,7 @@ import pandas as pd
 
 from ombrl.errors import OmbrlError
 
-KEY_COLUMNS = ["dataset", "mode", "seed", "step", "return", "normalized_score"]
+KEY_COLUMNS = ["dataset", "mode", "method", "seed", "step", "return", "normalized_score"]
 
 
 def gather(progress_files: list[Path]) -> pd.DataFrame:
@@ -64,6 +64,7 @@ def final_scores(table: pd.DataFrame) -> pd.DataFrame:
             {
                 "dataset": dataset,
                 "mode": mode,
+                "method": group["method"].iloc[0],
                 "seeds": len(scores),
                 "step": int(group["step"].max()),
                 "return_mean": float(group["return"].mean()),

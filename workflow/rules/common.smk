@@ -7,7 +7,7 @@ import sys
 
 from ombrl.config import load_study, mode_params
 from ombrl.errors import OmbrlError
-from ombrl.runtime import source_fingerprint
+from ombrl.fingerprint import stage_fingerprint
 
 try:
     STUDY = load_study(
@@ -26,58 +26,12 @@ SEEDS = STUDY["seeds"]
 MODES = STUDY["modes"]
 
 
-# The library sources each stage runs, relative to src/ombrl (a folder means all of it). A rule's
-# `code` param is their fingerprint: editing one stage's code reruns only the jobs that use it.
-# Logging and CLI plumbing (cli.py, tracking.py) are left out: they do not change the numbers.
-READ_DATA = [
-    "data/dataset.py",
-    "data/d4rl.py",
-    "io.py",
-    "config.py",
-    "runtime.py",
-    "checkpoint.py",
-]
-STAGE_SOURCES = {
-    "download": ["data/d4rl.py"],
-    "collect": ["data/collect.py", "data/controllers.py"],
-    "ensemble": READ_DATA + ["models/ensemble.py", "models/fit.py"],
-    "policy": READ_DATA
-    + [
-        "policies.py",
-        "evaluate.py",
-        "tasks.py",
-        "data/scores.py",
-        "agents/buffer.py",
-        "agents/base.py",
-    ],
-    "scores": ["scores.py"],
-}
-MODEL_BASED = [
-    "agents/sac.py",
-    "models/model_env.py",
-    "models/ensemble.py",
-    "models/uncertainty.py",
-]
-MODE_SOURCES = {
-    "bc": ["agents/bc.py"],
-    "sac": ["agents/sac.py"],
-    **{
-        mode: MODEL_BASED
-        for mode in [
-            "mbpo",
-            "epistemic-penalty",
-            "aleatoric-penalty",
-            "epistemic-partitioning",
-            "aleatoric-partitioning",
-        ]
-    },
-}
 
 
-def code(stage, mode=None):
-    return source_fingerprint(
-        STAGE_SOURCES[stage] + (MODE_SOURCES[mode] if mode else [])
-    )
+def code(stage, method=None):
+    """Fingerprint of the library code a job of `stage` (running `method`) imports, read from
+    the imports (ombrl.fingerprint): editing that code reruns exactly those jobs."""
+    return stage_fingerprint(stage, method)
 
 
 def names_pattern(names):
@@ -139,10 +93,15 @@ def policy_inputs(w):
     return inputs
 
 
+def method_of(w):
+    return MODES[w.mode]["method"]
+
+
 def policy_flags(w):
     params = mode_params(STUDY, w.dataset, w.mode)
     params.pop("ensemble", None)
-    flags = f"--params {as_params(params)}" if params else ""
+    flags = f"--mode {params.pop('method')} --name {w.mode}"
+    flags += f" --params {as_params(params)}" if params else ""
     ensemble = MODES[w.mode].get("ensemble")
     if ensemble is not None:
         flags += f" --ensemble {ensemble_dir(w.dataset, ensemble, w.seed)}"

@@ -18,8 +18,10 @@ rule train_ensemble:
         code=code("ensemble"),
         device=STUDY["device"],
         config=lambda w: as_params(STUDY["ensembles"][w.ensemble]),
+        base=lambda w: config["ensembles"][w.ensemble]["config"],
         outdir=lambda w: ensemble_dir(w.dataset, w.ensemble, w.seed),
     shell:
-        "ombrl train-ensemble --dataset {input.dataset} --params {params.config}"
+        "ombrl train-ensemble --dataset {input.dataset} --config config/ensembles/{params.base}.yaml"
+        " --params {params.config} --name {wildcards.ensemble}"
         " --seed {wildcards.seed} --threads {threads} --device {params.device} --quiet --output {params.outdir}"
         " --csv {output.metrics} > {log} 2>&1"

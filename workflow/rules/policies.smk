@@ -1,4 +1,5 @@
-# Policies: one job per (dataset, offline mode, seed); model-based modes read their ensemble.
+# Policies: one job per (dataset, mode entry, seed); an entry runs its method, and methods that
+# need an ensemble read the entry's.
 
 
 rule train_policy:
@@ -14,13 +15,13 @@ rule train_policy:
         "../../envs/ombrl.yaml"
     threads: STUDY["threads"]
     params:
-        code=lambda w: code("policy", w.mode),
+        code=lambda w: code("policy", method_of(w)),
         device=STUDY["device"],
         flags=policy_flags,
         outdir=lambda w: policy_dir(w.dataset, w.mode, w.seed),
         evaluation=lambda w: STUDY["evaluation"],
     shell:
-        "ombrl train-policy --dataset {input.dataset} --mode {wildcards.mode} {params.flags}"
+        "ombrl train-policy --dataset {input.dataset} {params.flags}"
         " --eval-every {params.evaluation[every]} --eval-episodes {params.evaluation[episodes]}"
         " --eval-seed {params.evaluation[seed]} --seed {wildcards.seed} --threads {threads} --device {params.device} --quiet"
         " --output {params.outdir} > {log} 2>&1"

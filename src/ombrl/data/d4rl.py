@@ -47,6 +47,8 @@ from ombrl.errors import OmbrlError
 BASE_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/"
 #: Environment variable that replaces BASE_URL (a mirror, or a local server in tests).
 BASE_URL_ENV = "OMBRL_D4RL_URL"
+#: Environment variable naming the folder D4RL downloads go to.
+DATA_DIR_ENV = "OMBRL_DATA_DIR"
 
 ENVS = ("hopper", "halfcheetah", "walker2d", "ant")
 QUALITIES = ("random", "medium", "medium-replay", "medium-expert", "expert", "full-replay")
@@ -409,3 +411,20 @@ def _parse_or_none(stem: str) -> D4RLName | None:
 
 def _float_or(value: object, default: float | None) -> float | None:
     return default if value is None else float(value)
+
+
+def load_dataset(name_or_path: str) -> Dataset:
+    """A dataset from an HDF5 path, or a D4RL name fetched into the data directory
+    (`$OMBRL_DATA_DIR`, else resources/datasets)."""
+    path = Path(name_or_path)
+    if path.suffix in (".hdf5", ".h5") or path.exists():
+        if not path.is_file():
+            raise OmbrlError(f"{path}: no such dataset file")
+        return read_hdf5(path)
+    parse_name(name_or_path)
+    return read_hdf5(download(name_or_path, data_dir()))
+
+
+def data_dir() -> Path:
+    """Where D4RL downloads go: `$OMBRL_DATA_DIR`, else resources/datasets."""
+    return Path(os.environ.get(DATA_DIR_ENV, "resources/datasets"))

@@ -170,7 +170,7 @@ class _Member:
     bounds: dict[str, Tensor]  # BOUND_KEYS -> [1, S]; empty when deterministic
 
 
-def _read_member(member_dir: Path, hidden_sizes: list[int], probabilistic: bool) -> _Member:
+def _read_member(member_dir: Path, hidden_size: list[int], probabilistic: bool) -> _Member:
     """Read and check `normalization.pt` and `state_dict.pt` of one member folder."""
     norm_path, state_path = member_dir / "normalization.pt", member_dir / "state_dict.pt"
     content = _torch_file(norm_path)
@@ -186,10 +186,10 @@ def _read_member(member_dir: Path, hidden_sizes: list[int], probabilistic: bool)
 
     state = _torch_file(state_path)
     layers = _layers(state, state_path)
-    widths = [obs_dim + act_dim, *hidden_sizes, 2 * obs_dim if probabilistic else obs_dim]
+    widths = [obs_dim + act_dim, *hidden_size, 2 * obs_dim if probabilistic else obs_dim]
     if len(layers) != len(widths) - 1:
         raise OmbrlError(
-            f"{state_path}: {len(layers)} linear layers, but hidden_size {hidden_sizes} "
+            f"{state_path}: {len(layers)} linear layers, but hidden_size {hidden_size} "
             f"(metadata.yaml) means {len(widths) - 1}"
         )
     for index, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
@@ -232,18 +232,18 @@ def convert_upstream(directory: Path) -> tuple[DynamicsEnsemble, dict]:
         raise OmbrlError(f"{directory}: not a folder")
     meta_path = directory / "metadata.yaml"
     meta = _metadata(meta_path)
-    num_members, probabilistic = meta["ensemble_size"], meta["probabilistic"]
-    hidden_sizes = list(meta["hidden_size"])
-    member_dirs = [directory / f"model_{i}" for i in range(num_members)]
+    num_models, probabilistic = meta["ensemble_size"], meta["probabilistic"]
+    hidden_size = list(meta["hidden_size"])
+    member_dirs = [directory / f"model_{i}" for i in range(num_models)]
     extra = sorted(
         {p.name for p in directory.glob("model_*") if p.is_dir()} - {p.name for p in member_dirs}
     )
     if extra:
         raise OmbrlError(
-            f"{meta_path}: ensemble_size is {num_members} but {directory} also has {extra}"
+            f"{meta_path}: ensemble_size is {num_models} but {directory} also has {extra}"
         )
 
-    members = [_read_member(d, hidden_sizes, probabilistic) for d in member_dirs]
+    members = [_read_member(d, hidden_size, probabilistic) for d in member_dirs]
     for member_dir, member in zip(member_dirs[1:], members[1:], strict=True):
         for key, value in member.norm.items():
             first = members[0].norm[key]
@@ -259,8 +259,8 @@ def convert_upstream(directory: Path) -> tuple[DynamicsEnsemble, dict]:
     model = DynamicsEnsemble(
         obs_dim=obs_dim,
         act_dim=act_dim,
-        hidden_sizes=hidden_sizes,
-        num_members=num_members,
+        hidden_size=hidden_size,
+        num_models=num_models,
         probabilistic=probabilistic,
         activation=meta["activation_fn"],
         predict_reward=False,

@@ -27,8 +27,8 @@ ACTIVATIONS = {"swish": nn.SiLU, "relu": nn.ReLU}
 ARCHITECTURE_KEYS = (
     "obs_dim",
     "act_dim",
-    "hidden_sizes",
-    "num_members",
+    "hidden_size",
+    "num_models",
     "probabilistic",
     "activation",
     "predict_reward",
@@ -46,18 +46,18 @@ class EnsembleLinear(nn.Module):
     upstream probabilistic ensembles whose hyperparameters this project reuses.
 
     Args:
-        num_members: E, the number of members.
+        num_models: E, the number of members.
         in_features: input width.
         out_features: output width.
     """
 
-    def __init__(self, num_members: int, in_features: int, out_features: int) -> None:
+    def __init__(self, num_models: int, in_features: int, out_features: int) -> None:
         super().__init__()
-        self.num_members = num_members
+        self.num_models = num_models
         self.in_features = in_features
         self.out_features = out_features
-        self.weight = nn.Parameter(torch.empty(num_members, in_features, out_features))
-        self.bias = nn.Parameter(torch.empty(num_members, 1, out_features))
+        self.weight = nn.Parameter(torch.empty(num_models, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(num_models, 1, out_features))
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -79,7 +79,7 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
     def extra_repr(self) -> str:
-        return f"num_members={self.num_members}, in={self.in_features}, out={self.out_features}"
+        return f"num_models={self.num_models}, in={self.in_features}, out={self.out_features}"
 
 
 @dataclass
@@ -107,8 +107,8 @@ class DynamicsEnsemble(nn.Module):
     Args:
         obs_dim: observation size.
         act_dim: action size.
-        hidden_sizes: width of each hidden layer (may be empty: a linear model).
-        num_members: E, the number of members.
+        hidden_size: width of each hidden layer (may be empty: a linear model).
+        num_models: E, the number of members.
         probabilistic: predict a Gaussian (mean and log-variance) instead of a point.
         activation: "swish" or "relu".
         predict_reward: add the reward as the last target dimension.
@@ -118,8 +118,8 @@ class DynamicsEnsemble(nn.Module):
         self,
         obs_dim: int,
         act_dim: int,
-        hidden_sizes: list[int],
-        num_members: int,
+        hidden_size: list[int],
+        num_models: int,
         probabilistic: bool,
         activation: str,
         predict_reward: bool,
@@ -127,35 +127,35 @@ class DynamicsEnsemble(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise OmbrlError(f"activation: {activation!r} is not one of {sorted(ACTIVATIONS)}")
-        if num_members < 1:
-            raise OmbrlError(f"num_members: {num_members} must be at least 1")
-        if obs_dim < 1 or act_dim < 1 or any(h < 1 for h in hidden_sizes):
+        if num_models < 1:
+            raise OmbrlError(f"num_models: {num_models} must be at least 1")
+        if obs_dim < 1 or act_dim < 1 or any(h < 1 for h in hidden_size):
             raise OmbrlError(
-                f"obs_dim {obs_dim}, act_dim {act_dim} and hidden_sizes {hidden_sizes} "
+                f"obs_dim {obs_dim}, act_dim {act_dim} and hidden_size {hidden_size} "
                 "must all be positive"
             )
         self.obs_dim = obs_dim
         self.act_dim = act_dim
-        self.hidden_sizes = list(hidden_sizes)
-        self.num_members = num_members
+        self.hidden_size = list(hidden_size)
+        self.num_models = num_models
         self.probabilistic = probabilistic
         self.activation = activation
         self.predict_reward = predict_reward
         self.in_dim = obs_dim + act_dim
         self.out_dim = obs_dim + int(predict_reward)
-        self.elites: list[int] = list(range(num_members))
+        self.elites: list[int] = list(range(num_models))
 
-        widths = [self.in_dim, *self.hidden_sizes]
+        widths = [self.in_dim, *self.hidden_size]
         self.hidden = nn.ModuleList(
-            EnsembleLinear(num_members, i, o) for i, o in zip(widths[:-1], widths[1:], strict=True)
+            EnsembleLinear(num_models, i, o) for i, o in zip(widths[:-1], widths[1:], strict=True)
         )
         self.act = ACTIVATIONS[activation]()
         head_out = 2 * self.out_dim if probabilistic else self.out_dim
-        self.head = EnsembleLinear(num_members, widths[-1], head_out)
+        self.head = EnsembleLinear(num_models, widths[-1], head_out)
         if probabilistic:
             # One pair of bounds per member, so no parameter couples members.
-            self.max_logvar = nn.Parameter(torch.full((num_members, 1, self.out_dim), 0.5))
-            self.min_logvar = nn.Parameter(torch.full((num_members, 1, self.out_dim), -10.0))
+            self.max_logvar = nn.Parameter(torch.full((num_models, 1, self.out_dim), 0.5))
+            self.min_logvar = nn.Parameter(torch.full((num_models, 1, self.out_dim), -10.0))
 
         self.register_buffer("input_mean", torch.zeros(self.in_dim))
         self.register_buffer("input_std", torch.ones(self.in_dim))
@@ -223,8 +223,8 @@ class DynamicsEnsemble(nn.Module):
         obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
         act = torch.as_tensor(act, dtype=torch.float32, device=device)
         if obs.dim() == 2:
-            obs = obs.expand(self.num_members, *obs.shape)
-            act = act.expand(self.num_members, *act.shape)
+            obs = obs.expand(self.num_models, *obs.shape)
+            act = act.expand(self.num_models, *act.shape)
         mean, logvar = self(self.normalize_inputs(obs, act))
         delta = mean * self.target_std + self.target_mean
         var = None if logvar is None else torch.exp(logvar + 2 * torch.log(self.target_std))
@@ -341,7 +341,7 @@ def load_ensemble(
     if (
         not isinstance(elites, list)
         or not elites
-        or not all(isinstance(m, int) and 0 <= m < model.num_members for m in elites)
+        or not all(isinstance(m, int) and 0 <= m < model.num_models for m in elites)
     ):
         raise OmbrlError(f"{json_path}: 'elites' {elites!r} must list member indices")
     model.elites = elites

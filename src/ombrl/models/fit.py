@@ -43,10 +43,10 @@ EVAL_CHUNK = 8192
 
 @dataclass
 class FitConfig:
-    """How to train an ensemble. Every value but `track_training` (a command-line flag) comes
-    from the config file, so only that one has a default."""
+    """How to train an ensemble: the training keys of an ensemble config (schema
+    `$defs.ensemble`), under their config names; the schema holds the defaults."""
 
-    epochs: int  # maximum passes over the training split
+    fit_epochs: int  # maximum passes over the training split
     batch_size: int  # transitions per member in one gradient step
     lr: float  # Adam learning rate
     weight_decay: float | list[float]  # L2 coefficient: one for all layers, or one per layer
@@ -61,9 +61,6 @@ class FitConfig:
     # torch.compile the loss: its element-wise work fused into a few kernels, 10-25% less time
     # per step on CPU (benchmarks/ensemble.py), for ~10-20 s of compilation per process.
     compile: bool
-    # Also log the costly metrics each epoch: full-dataset MSE/NLL (one more pass over the
-    # training split) and holdout calibration of the predicted variance.
-    track_training: bool = False
 
 
 @dataclass
@@ -75,7 +72,7 @@ class FitResult:
         elites: member indices, lowest holdout MSE first.
         best_epoch: per member, the epoch of the snapshot it was restored to (0: none).
         holdout_mse: per member, the holdout MSE of that snapshot (normalised space).
-        epochs_run: number of epochs trained (< cfg.epochs when stopped early).
+        epochs_run: number of epochs trained (< cfg.fit_epochs when stopped early).
         holdout_indices: sorted indices of the held-out transitions in the dataset.
     """
 
@@ -147,13 +144,13 @@ def fit_normalizer(x: Tensor, method: str) -> tuple[Tensor, Tensor]:
     return mean.float(), scale.clamp_min(MIN_SCALE).float()
 
 
-def bootstrap_indices(num_members: int, num_train: int, generator: torch.Generator) -> Tensor:
+def bootstrap_indices(num_models: int, num_train: int, generator: torch.Generator) -> Tensor:
     """Draw each member's bootstrap resample of the training split (with replacement).
 
     Returns:
         E x N int64 indices into the training split, one independent row per member.
     """
-    return torch.randint(num_train, (num_members, num_train), generator=generator)
+    return torch.randint(num_train, (num_models, num_train), generator=generator)
 
 
 def epoch_order(base: Tensor | None, num_train: int, generator: torch.Generator) -> Tensor:
@@ -177,7 +174,7 @@ def epoch_order(base: Tensor | None, num_train: int, generator: torch.Generator)
 def _check_config(cfg: FitConfig, model: DynamicsEnsemble, dataset: Dataset) -> None:
     """Reject values that cannot work, naming the key, before any work is done."""
     checks = [
-        (cfg.epochs >= 1, "epochs", "must be >= 1"),
+        (cfg.fit_epochs >= 1, "fit_epochs", "must be >= 1"),
         (cfg.batch_size >= 1, "batch_size", "must be >= 1"),
         (cfg.lr > 0, "lr", "must be > 0"),
         (0 < cfg.holdout_ratio < 1, "holdout_ratio", "must be in (0, 1)"),
@@ -189,9 +186,9 @@ def _check_config(cfg: FitConfig, model: DynamicsEnsemble, dataset: Dataset) -> 
             "must be in (0, 1] or null",
         ),
         (
-            1 <= cfg.num_elites <= model.num_members,
+            1 <= cfg.num_elites <= model.num_models,
             "num_elites",
-            f"must be between 1 and num_members ({model.num_members})",
+            f"must be between 1 and num_models ({model.num_models})",
         ),
         (cfg.normalization in ("std", "mad"), "normalization", "is not 'std' or 'mad'"),
         (cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip", "must be > 0 or null"),
@@ -244,7 +241,7 @@ def _evaluate(
         `within_1sigma`, `within_1sigma_ensemble` (fraction of `|y - mu| <= sigma`: 0.683
         for a calibrated Gaussian).
     """
-    e = model.num_members
+    e = model.num_models
     sums: dict[str, Tensor] = {}
 
     def add(name: str, value: Tensor) -> None:
@@ -362,7 +359,7 @@ class _FitState:
         self.model, self.optimizer = model, optimizer
         self.scheduler, self.generator = scheduler, generator
         self.params = list(model.parameters())
-        e, device = model.num_members, self.params[0].device
+        e, device = model.num_models, self.params[0].device
         self.epoch = 0  # epochs completed
         self.best_params = [p.detach().clone() for p in self.params]
         self.best_mse = torch.full((e,), float("inf"), device=device)
@@ -437,6 +434,7 @@ def fit_ensemble(
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = True,
     checkpoint: Checkpointer | None = None,
+    track_training: bool = False,
 ) -> FitResult:
     """Train every member of `model` at once; keep each member's best holdout snapshot.
 
@@ -457,6 +455,9 @@ def fit_ensemble(
         progress: show a tqdm bar.
         checkpoint: resume from its newest state if any, and save one every
             `checkpoint.every` epochs (step = epochs completed); None: neither.
+        track_training: also log the costly metrics each epoch (a command-line flag, not a
+            config key): full-dataset MSE/NLL (one more pass over the training split) and
+            holdout calibration of the predicted variance.
 
     Returns:
         A `FitResult`. Each history row has `epoch`, `lr`, `seconds`, and in normalised space
@@ -467,7 +468,7 @@ def fit_ensemble(
           `train_nll` (+ `_m{i}`) and `holdout_nll` (+ `_m{i}`, `_ensemble`), where
           NLL = `mean((mu - y)^2 exp(-lv) + lv)`. These cost no pass beyond training and the
           holdout evaluation.
-        - with `cfg.track_training`: `full_mse` (+ `_m{i}`, `_ensemble`) and, probabilistic,
+        - with `track_training`: `full_mse` (+ `_m{i}`, `_ensemble`) and, probabilistic,
           `full_nll` (+ `_m{i}`, `_ensemble`) over the whole dataset (training split and
           holdout, eval mode, end of epoch: one extra pass over the training split), and the
           holdout calibration `holdout_z2`, `holdout_within_1sigma` (+ `_m{i}`, `_ensemble`).
@@ -475,7 +476,7 @@ def fit_ensemble(
     _check_config(cfg, model, dataset)
     generator = torch.Generator().manual_seed(seed)
     model.to(device)
-    e = model.num_members
+    e = model.num_models
 
     obs = torch.as_tensor(dataset.observations, dtype=torch.float32)
     inputs = torch.cat([obs, torch.as_tensor(dataset.actions, dtype=torch.float32)], dim=1)
@@ -517,11 +518,11 @@ def fit_ensemble(
             for metrics in state.history:
                 on_epoch(metrics)
     bar = tqdm(
-        range(state.epoch + 1, cfg.epochs + 1),
+        range(state.epoch + 1, cfg.fit_epochs + 1),
         desc="fit ensemble",
         disable=not progress,
         initial=state.epoch,
-        total=cfg.epochs,
+        total=cfg.fit_epochs,
     )
     for epoch in bar:
         start_time = time.perf_counter()
@@ -553,9 +554,9 @@ def fit_ensemble(
                 "mse": sum_mse / n_train,
                 "nll": None if sum_nll is None else sum_nll / n_train,
             },
-            "holdout": _evaluate(model, x_hold, y_hold, calibration=cfg.track_training),
+            "holdout": _evaluate(model, x_hold, y_hold, calibration=track_training),
         }
-        if cfg.track_training:
+        if track_training:
             train_eval = _evaluate(model, x_train, y_train, calibration=False)
             splits["full"] = _full_dataset(train_eval, n_train, splits["holdout"], len(x_hold))
         metrics = _epoch_metrics(epoch, lr, time.perf_counter() - start_time, splits)
@@ -567,7 +568,7 @@ def fit_ensemble(
             on_epoch(metrics)
         if state.stopped(cfg.patience):
             break
-        if checkpoint is not None and checkpoint.due(epoch) and epoch < cfg.epochs:
+        if checkpoint is not None and checkpoint.due(epoch) and epoch < cfg.fit_epochs:
             checkpoint.save(epoch, state.tensors(), state.meta())
     bar.close()
 

@@ -227,8 +227,8 @@ def jacobian_row_norms(
     Returns:
         E' x N x obs_dim, entry [m, b, i] = sum_j (d f_m(s_b)_i / d s_j)^2.
     """
-    e, d = ensemble.num_members, ensemble.obs_dim
-    widest = max([ensemble.in_dim, *ensemble.hidden_sizes, 2 * ensemble.out_dim])
+    e, d = ensemble.num_models, ensemble.obs_dim
+    widest = max([ensemble.in_dim, *ensemble.hidden_size, 2 * ensemble.out_dim])
     chunk = max(1, _JACOBIAN_CHUNK_ELEMENTS // (e * d * widest))
     eye = torch.eye(d, device=obs.device)
     parts = []

@@ -1,0 +1,153 @@
+"""The SAC family: one SAC learner, seven ways to feed it.
+
+- `sac`: the dataset alone (offline, model-free); or, with `--env`, online, acting in the
+  environment (`EnvSampler`: `warmup` random steps, then one step per update).
+- `mbpo`: h-step model rollouts from dataset states mixed with real transitions at
+  `real_ratio`; no pessimism.
+- `epistemic-penalty`, `aleatoric-penalty` (MOPO): as mbpo, with reward `r - lambda * u`.
+- `epistemic-partitioning`, `aleatoric-partitioning` (MOReL's HALT in SAC): as mbpo, but a
+  model transition with `u > threshold` is terminal and its reward is replaced by (or has
+  added) `halt_penalty`.
+
+Every `rollout_every` updates a new round of `rollout_batch` rollouts enters a model buffer
+that keeps the last `model_retain_epochs` rounds. Model rewards come from the ensemble's
+reward head when it learned one (`predict_reward: true`), else from the task's function.
+All randomness derives from the seed (weights, batches, rollouts, policy noise); evaluation
+uses its own fixed seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ombrl.agents.buffer import ReplayBuffer
+from ombrl.agents.sac import SAC, SACConfig
+from ombrl.config import build
+from ombrl.errors import OmbrlError
+from ombrl.methods import Inputs
+from ombrl.models.pessimism import (
+    PartitionRule,
+    PenaltyRule,
+    RolloutConfig,
+    resolve_pessimism,
+)
+from ombrl.tasks import get_task
+from ombrl.training.loop import make_learner, run_updates
+from ombrl.training.samplers import EnvSampler, RealSampler, RolloutSampler
+
+#: Method -> (its pessimism rule, the uncertainty it fixes; None: a config key).
+PESSIMISM = {
+    "mbpo": (None, None),
+    "epistemic-penalty": (PenaltyRule, "epistemic"),
+    "aleatoric-penalty": (PenaltyRule, None),
+    "epistemic-partitioning": (PartitionRule, "epistemic"),
+    "aleatoric-partitioning": (PartitionRule, None),
+}
+
+
+def train(method: str, cfg: dict, inputs: Inputs, on_eval: Callable[[dict], None]) -> SAC:
+    """`cfg["steps"]` SAC updates on the batches of `method`.
+
+    Args:
+        method: `sac` or a key of `PESSIMISM`.
+        cfg: the method's resolved schema section.
+        inputs: dataset (None: online in `inputs.env_id`), ensemble (model-based methods),
+            seed, device, evaluation, checkpoint.
+        on_eval: receives each evaluation record (`ombrl.training.loop.run_updates`);
+            online records also hold `env_steps` and `train_return`.
+    """
+    device, seed = inputs.device, inputs.seed
+    torch.manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
+    agent_cfg = build(SACConfig, cfg)
+    agent = make_learner(SAC, agent_cfg, inputs.env_id, inputs.dataset, device, seed)
+    if inputs.dataset is None:
+        return _train_online(agent, cfg["steps"], inputs, generator, on_eval)
+    real = ReplayBuffer.from_dataset(inputs.dataset, device)
+    if method == "sac":
+        sampler = RealSampler(real, agent_cfg.batch_size, generator)
+    else:
+        sampler = _rollout_sampler(method, cfg, inputs, agent, real, generator)
+    run_updates(
+        agent,
+        sampler,
+        cfg["steps"],
+        inputs.env_id,
+        inputs.evaluation,
+        on_eval,
+        progress=inputs.progress,
+        desc=f"{method} seed {seed}",
+        checkpoint=inputs.checkpoint,
+    )
+    return agent
+
+
+def _rollout_sampler(
+    method: str,
+    cfg: dict,
+    inputs: Inputs,
+    agent: SAC,
+    real: ReplayBuffer,
+    generator: torch.Generator,
+) -> RolloutSampler:
+    """The model-based batch source, after checking the ensemble fits the dataset."""
+    dataset, ensemble = inputs.dataset, inputs.ensemble
+    if ensemble is None:
+        raise OmbrlError(f"method {method} needs a trained ensemble")
+    if (ensemble.obs_dim, ensemble.act_dim) != (dataset.obs_dim, dataset.act_dim):
+        raise OmbrlError(
+            f"ensemble dimensions ({ensemble.obs_dim}, {ensemble.act_dim}) do not match the "
+            f"dataset's ({dataset.obs_dim}, {dataset.act_dim})"
+        )
+    rule_cls, kind = PESSIMISM[method]
+    rule = None if rule_cls is None else build(rule_cls, {"uncertainty": kind, **cfg})
+    task = get_task(dataset.env_id)
+    return RolloutSampler(
+        real,
+        agent.cfg.batch_size,
+        generator,
+        ensemble,
+        task,
+        build(RolloutConfig, cfg),
+        resolve_pessimism(rule, ensemble, dataset, task),
+        lambda obs: agent.policy(obs, deterministic=False),
+    )
+
+
+def _train_online(
+    agent: SAC,
+    steps: int,
+    inputs: Inputs,
+    generator: torch.Generator,
+    on_eval: Callable[[dict], None],
+) -> SAC:
+    """SAC learning by acting: `inputs.warmup` random steps, then one env step per update.
+
+    No checkpoints: a gymnasium environment's state (simulator, random generator, time-limit
+    counter) has no portable way to be saved and restored.
+    """
+    sampler = EnvSampler(
+        inputs.env_id,
+        agent,
+        agent.cfg.batch_size,
+        inputs.warmup + steps,
+        inputs.warmup,
+        inputs.seed,
+        generator,
+    )
+    try:
+        run_updates(
+            agent,
+            sampler,
+            steps,
+            inputs.env_id,
+            inputs.evaluation,
+            on_eval,
+            inputs.progress,
+            f"online sac seed {inputs.seed}",
+        )
+    finally:
+        sampler.env.close()
+    return agent

@@ -1,0 +1,122 @@
+"""Pessimism rules turned into numbers, once, from the dataset and the ensemble's elites.
+
+A study states rules (an uncertainty kind, a scale, a threshold rule and its coefficient, a
+HALT penalty or `null` for `-max |r|`); a rollout needs numbers (`model_env.Pessimism`). Rules
+that depend on the data (a threshold relative to the dataset's own uncertainty, the
+`jacobian` and `normalized` scales, the default HALT penalty) are resolved here, before
+training, and logged with every evaluation (`halt_threshold`, `halt_penalty`). Every method
+that rolls out in the model (the SAC family, MOReL) resolves its rules with this one function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ombrl.data.dataset import Dataset
+from ombrl.models.ensemble import DynamicsEnsemble
+from ombrl.models.model_env import Pessimism
+from ombrl.models.uncertainty import (
+    dataset_uncertainty,
+    disagreement_scale,
+    position_dims,
+    threshold,
+)
+from ombrl.tasks import Task
+
+
+@dataclass
+class RolloutConfig:
+    """Branched model rollouts of the SAC family (schema `$defs.model_rollouts` keys)."""
+
+    rollout_length: int  # h, model steps per rollout
+    rollout_batch: int  # start states (dataset states) per rollout round
+    rollout_every: int  # updates between rollout rounds
+    model_retain_epochs: int  # rollout rounds kept in the model buffer
+    real_ratio: float  # share of real transitions in each batch
+    reward_source: str  # sampled (MOPO, MBPO) | mean over elites (offline-model-based-rl)
+
+
+@dataclass
+class PenaltyRule:
+    """`r - lambda * u` (schema `$defs.epistemic_penalty`, `$defs.aleatoric_penalty`)."""
+
+    uncertainty: str  # epistemic | max_norm | max_var
+    scale: str  # none | normalized | morel | jacobian
+    penalty_lambda: float  # lambda
+
+
+@dataclass
+class PartitionRule:
+    """MOReL's HALT (schema `$defs.partitioning` keys, plus the uncertainty and its scale)."""
+
+    uncertainty: str  # epistemic | max_norm | max_var
+    scale: str  # none | normalized | morel | jacobian
+    threshold_rule: str  # absolute | max | meanstd | percentile
+    threshold: float  # the threshold (absolute) or the rule's coefficient
+    halt_reward: str  # replace | add
+    halt_penalty: float | None  # None: -max |r| of the dataset
+
+
+def resolve_pessimism(
+    rule: PenaltyRule | PartitionRule | None,
+    ensemble: DynamicsEnsemble,
+    dataset: Dataset,
+    task: Task,
+) -> Pessimism:
+    """Turn a method's rule into numbers, from the dataset and the ensemble's elites.
+
+    The scale comes from `disagreement_scale` (the `jacobian` one from a fixed sample of
+    dataset states); a threshold rule other than `absolute` is applied to the uncertainty of
+    every dataset transition, measured exactly as rollouts measure it (same kind, scale and
+    members); a `null` HALT penalty becomes `-max |r|` of the dataset.
+
+    Args:
+        rule: a penalty or partitioning rule; None: no pessimism (MBPO).
+        ensemble: the dynamics model.
+        dataset: the offline data.
+        task: gives the position count of the `morel` scale.
+    """
+    if rule is None:
+        return Pessimism()
+    positions = position_dims(task.name) if rule.scale == "morel" else None
+    scale = disagreement_scale(
+        rule.scale,
+        ensemble,
+        dataset.observations,
+        dataset.actions,
+        positions=positions,
+        members=ensemble.elites,
+    )
+    scale = None if rule.scale == "none" else scale
+    if isinstance(rule, PenaltyRule):
+        return Pessimism("penalty", rule.uncertainty, scale, penalty_lambda=rule.penalty_lambda)
+    limit = rule.threshold
+    if rule.threshold_rule != "absolute":
+        values = dataset_uncertainty(
+            ensemble, dataset, [rule.uncertainty], _STATISTICS_BATCH, scale, ensemble.elites
+        )[rule.uncertainty]
+        limit = threshold(values, rule.threshold_rule, rule.threshold)
+    penalty = rule.halt_penalty
+    if penalty is None:
+        penalty = -float(np.abs(dataset.rewards).max())
+    return Pessimism(
+        "partitioning",
+        rule.uncertainty,
+        scale,
+        threshold=float(limit),
+        halt_reward=rule.halt_reward,
+        halt_penalty=float(penalty),
+    )
+
+
+def resolved_numbers(pessimism: Pessimism) -> dict[str, float]:
+    """The data-dependent numbers worth logging next to the rollout statistics."""
+    if pessimism.kind != "partitioning":
+        return {}
+    return {"halt_threshold": pessimism.threshold, "halt_penalty": pessimism.halt_penalty}
+
+
+#: Transitions per forward pass when measuring the dataset's uncertainty.
+_STATISTICS_BATCH = 8192
