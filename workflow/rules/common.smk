@@ -50,7 +50,7 @@ STAGE_SOURCES = {
         "agents/buffer.py",
         "agents/base.py",
     ],
-    "scores": ["scores.py"],
+    "scores": ["scores.py", "stats.py"],
 }
 MODEL_BASED = [
     "agents/sac.py",
@@ -174,7 +174,10 @@ def ensemble_loss_params(w, output):
 
 
 def get_final_output():
-    figures = ["results/figures/avg_return.pdf"]
+    figures = [
+        f"results/figures/{f}.pdf"
+        for f in ("avg_return", "final_scores", "performance_profile")
+    ]
     if STUDY["ensembles"]:
         figures += [f"results/figures/{d}/ensemble_loss.pdf" for d in DATASETS]
     return ["results/scores.csv", *figures]
