@@ -385,3 +385,14 @@ def test_performance_profile_notebook_draws_every_mode(tmp_path, tables):
     executed = json.loads((tmp_path / "performance_profile.ipynb").read_text())
     summary = "".join(executed["cells"][-1]["outputs"][0]["data"]["text/plain"])
     assert all(mode in summary for mode in MODES)
+
+
+def test_a_method_column_is_carried_beside_the_mode():
+    # scores.csv gains `method` after `mode` (a mode is the user's entry name, e.g. mopo-l5).
+    table = scores_table(2)
+    table.insert(2, "method", table["mode"].map({"bc": "bc", "mopo-l5": "aleatoric-penalty"}))
+    table["method"] = table["method"].fillna("sac")
+    final = final_scores(table)
+    assert list(final.columns[:3]) == ["dataset", "mode", "method"]
+    summary = aggregates(final).set_index("mode")
+    assert summary.loc["mopo-l5", "method"] == "aleatoric-penalty"
