@@ -273,7 +273,12 @@ def test_same_seed_same_result_and_different_seed_differs():
     obs, act, next_obs, _ = linear_system(7, 600)
     data = make_dataset(obs, act, next_obs)
     cfg = dataclasses.replace(
-        BASE_CFG, fit_epochs=4, bootstrap=True, scheduler_gamma=0.9, grad_clip=1.0, weight_decay=1e-4
+        BASE_CFG,
+        fit_epochs=4,
+        bootstrap=True,
+        scheduler_gamma=0.9,
+        grad_clip=1.0,
+        weight_decay=1e-4,
     )
     runs = []
     for seed in (3, 3, 4):

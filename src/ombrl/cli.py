@@ -172,12 +172,32 @@ def cmd_uncertainty(args: argparse.Namespace) -> None:
 
 
 def cmd_scores(args: argparse.Namespace) -> None:
-    from ombrl.scores import final_scores, gather
+    from ombrl.scores import (
+        aggregates,
+        aggregates_markdown,
+        final_scores,
+        final_scores_markdown,
+        gather,
+    )
 
     table = gather([Path(p) for p in args.progress])
-    for path, frame in ((args.output, table), (args.final, final_scores(table))):
+    final = final_scores(table, args.last_k)
+    # An explicit --baseline must be a mode of the scores; the default (bc) may be absent, and
+    # the aggregates then say so in their note column instead of comparing.
+    summary = aggregates(
+        final,
+        baseline=args.baseline or "bc",
+        baseline_required=args.baseline is not None,
+        threshold=args.optimality_threshold,
+    )
+    outputs = [(args.output, table, None), (args.final, final, final_scores_markdown(final))]
+    if args.aggregates:
+        outputs.append((args.aggregates, summary, aggregates_markdown(summary)))
+    for path, frame, markdown in outputs:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(path, index=False)
+        if markdown is not None:
+            Path(path).with_suffix(".md").write_text(markdown)
 
 
 def cmd_tracking_init(args: argparse.Namespace) -> None:
@@ -358,7 +378,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scores", help="gather progress files into scores tables")
     p.add_argument("progress", nargs="+", help="progress.csv files of policy runs")
     p.add_argument("--output", required=True, help="every evaluation (scores.csv)")
-    p.add_argument("--final", required=True, help="final score per dataset and mode")
+    p.add_argument("--final", required=True, help="final score per dataset and mode (+ .md)")
+    p.add_argument("--aggregates", help="IQM, optimality gap, P(improvement) per mode (+ .md)")
+    p.add_argument(
+        "--last-k",
+        type=int,
+        default=1,
+        metavar="K",
+        help="a run's final score: the mean of its last K evaluations (default 1: the last)",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="MODE",
+        help="mode compared against by P(improvement); must be a mode of the scores "
+        "(default bc, skipped with a note where bc did not run)",
+    )
+    p.add_argument(
+        "--optimality-threshold",
+        type=float,
+        default=100.0,
+        metavar="SCORE",
+        help="optimality gap's target normalized score (default 100: the expert)",
+    )
     p.set_defaults(func=cmd_scores)
 
     p = sub.add_parser("tracking-init", help="create the MLflow store once, before parallel jobs")

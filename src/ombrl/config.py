@@ -305,8 +305,7 @@ def resolve_mode(name: str, entry: Mapping, source: str, at: str = "") -> dict:
     if method not in METHODS:
         hint = "" if "method" in entry else " (name one with `method:`)"
         raise OmbrlError(
-            f"{where}{'.method' if at else ''}: {method!r} is not one of "
-            f"{', '.join(METHODS)}{hint}"
+            f"{where}{'.method' if at else ''}: {method!r} is not one of {', '.join(METHODS)}{hint}"
         )
     checked = validate(params, source, SCHEMA["$defs"][method_spec(method).section], at)
     return {"method": method, **checked}

@@ -5,9 +5,9 @@ module (`STAGE_MODULES`) and, for a policy job, its method's module, each follow
 its imports (module level and inside functions; blocks under `if TYPE_CHECKING:` never run
 and are skipped), plus the package `__init__` files on the way and `cli.py`, which runs every
 job (followed through its module-level imports only: each verb imports its own stage inside
-its function, and those imports run only for that verb). Editing any of those files reruns exactly the jobs that import it: editing
-`agents/networks.py` reruns bc and the SAC family, editing `agents/sac.py` does not rerun bc,
-editing a module no stage imports reruns nothing.
+its function, and those imports run only for that verb). Editing any of those files reruns
+exactly the jobs that import it: editing `agents/networks.py` reruns bc and the SAC family,
+editing `agents/sac.py` does not rerun bc, editing a module no stage imports reruns nothing.
 
 The one import the reader cannot see is the methods registry's `importlib.import_module`,
 whose target is named by `METHODS`, and which `job_files` adds itself. Any other dynamic

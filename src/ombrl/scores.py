@@ -1,8 +1,11 @@
-"""The scores stage: every evaluation of every policy in one table, and the final-score table.
+"""The scores stage: every evaluation of every policy in one table, and the summary tables.
 
 Policy jobs write `progress.csv` with one row per evaluation, already normalized against the
 dataset's reference scores; this stage only gathers, orders and summarises them, so the
-table is traceable row by row to the run that produced it.
+table is traceable row by row to the run that produced it. A run's final score is the mean of
+its last K evaluations; `final_scores` summarises them per dataset and mode, `aggregates` per
+mode across datasets (IQM, optimality gap, probability of improvement over a baseline), with
+the robust statistics of `ombrl.stats`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,13 @@ import numpy as np
 import pandas as pd
 
 from ombrl.errors import OmbrlError
+from ombrl.stats import (
+    final_score,
+    iqm,
+    optimality_gap,
+    probability_of_improvement,
+    stratified_bootstrap,
+)
 
 KEY_COLUMNS = ["dataset", "mode", "method", "seed", "step", "return", "normalized_score"]
 
@@ -39,39 +49,274 @@ def gather(progress_files: list[Path]) -> pd.DataFrame:
     )
 
 
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+
+
+def _mean(batch: np.ndarray) -> np.ndarray:
+    """Mean over runs and tasks of a `... x runs x tasks` batch (a bootstrap statistic)."""
+    return batch.mean(axis=(-2, -1))
+
+
 def bootstrap_interval(
     values: np.ndarray, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean over seeds (fixed seed: same table every run)."""
-    values = np.asarray(values, dtype=float)
-    if len(values) == 1:
-        return float(values[0]), float(values[0])
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    return stratified_bootstrap(
+        _mean,
+        np.asarray(values, dtype=float),
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
+    )
 
 
-def final_scores(table: pd.DataFrame) -> pd.DataFrame:
-    """Each (dataset, mode): the last evaluation of every seed, mean, std and 95% interval."""
-    last = table.loc[table.groupby(["dataset", "mode", "seed"])["step"].idxmax()]
+def _group_keys(table: pd.DataFrame) -> list[str]:
+    """(dataset, mode), and the mode's `method` where the table has one."""
+    return ["dataset", "mode"] + (["method"] if "method" in table.columns else [])
+
+
+def run_scores(table: pd.DataFrame, last_k: int = 1) -> pd.DataFrame:
+    """One row per run (dataset, mode, seed): its final score, the mean of its last K evaluations.
+
+    Args:
+        table: every evaluation, as `gather` returns it.
+        last_k: K, evaluations averaged per run (1: the last evaluation).
+    Returns:
+        dataset, mode[, method], seed, step (of the last evaluation), return, normalized_score.
+    """
+    if isinstance(last_k, bool) or not isinstance(last_k, int | np.integer) or last_k < 1:
+        raise OmbrlError(f"last_k: {last_k!r}, expected a whole number of evaluations >= 1")
+    keys = _group_keys(table) + ["seed"]
     rows = []
-    for (dataset, mode), group in last.groupby(["dataset", "mode"], sort=True):
-        scores = group["normalized_score"].to_numpy()
-        low, high = bootstrap_interval(scores)
+    ordered = table.sort_values(keys + ["step"], kind="stable")
+    for key, run in ordered.groupby(keys, sort=True):
+        if len(run) < last_k:
+            name = " ".join(f"{k} {v}" for k, v in zip(keys, key, strict=True))
+            raise OmbrlError(f"last_k: {last_k} evaluations asked for, but {name} has {len(run)}")
         rows.append(
             {
-                "dataset": dataset,
-                "mode": mode,
-                "method": group["method"].iloc[0],
+                **dict(zip(keys, key, strict=True)),
+                "step": int(run["step"].iloc[-1]),
+                "return": final_score(run["return"].to_numpy(), last_k),
+                "normalized_score": final_score(run["normalized_score"].to_numpy(), last_k),
+            }
+        )
+    return pd.DataFrame(rows, columns=keys + ["step", "return", "normalized_score"])
+
+
+def _joined(values: np.ndarray) -> str:
+    """Per-seed values as one CSV cell, `;`-separated, each printed so it reads back exactly."""
+    return ";".join(repr(float(v)) for v in values)
+
+
+def final_scores(table: pd.DataFrame, last_k: int = 1) -> pd.DataFrame:
+    """Each (dataset, mode): the final score of every seed, mean, std, IQM and 95% intervals.
+
+    A seed's final score is the mean of its last `last_k` evaluations. The intervals are
+    percentile intervals of the stratified bootstrap over seeds (one dataset: one stratum, so
+    the ordinary bootstrap; 2000 resamples, seed 0). With K = 1 the columns of earlier versions
+    (up to normalized_ci_high) hold the same numbers as before.
+
+    Returns:
+        dataset, mode[, method], seeds, step (largest last step), last_k, return_mean,
+        normalized_mean, normalized_std (ddof 0), normalized_ci_low/high (of the mean),
+        normalized_iqm, normalized_iqm_ci_low/high, seed_ids and seed_scores (`;`-separated,
+        the same order).
+    """
+    runs = run_scores(table, last_k)
+    keys = _group_keys(table)
+    rows = []
+    for key, group in runs.groupby(keys, sort=True):
+        scores = group["normalized_score"].to_numpy()
+        low, high = stratified_bootstrap(_mean, scores, confidence=CONFIDENCE, resamples=RESAMPLES)
+        iqm_low, iqm_high = stratified_bootstrap(
+            iqm, scores, confidence=CONFIDENCE, resamples=RESAMPLES
+        )
+        rows.append(
+            {
+                **dict(zip(keys, key, strict=True)),
                 "seeds": len(scores),
                 "step": int(group["step"].max()),
+                "last_k": last_k,
                 "return_mean": float(group["return"].mean()),
                 "normalized_mean": float(scores.mean()),
                 "normalized_std": float(scores.std(ddof=0)),
                 "normalized_ci_low": low,
                 "normalized_ci_high": high,
+                "normalized_iqm": iqm(scores),
+                "normalized_iqm_ci_low": iqm_low,
+                "normalized_iqm_ci_high": iqm_high,
+                "seed_ids": ";".join(str(s) for s in group["seed"]),
+                "seed_scores": _joined(scores),
             }
         )
     return pd.DataFrame(rows)
+
+
+def seed_score_matrix(final: pd.DataFrame, mode: str) -> tuple[np.ndarray, list[str]]:
+    """One mode's per-seed final scores from a `final_scores` table, as `seeds x datasets`.
+
+    Returns the matrix (NaN where a dataset has fewer seeds than the others) and the datasets
+    (columns), sorted.
+    """
+    rows = final[final["mode"] == mode].sort_values("dataset")
+    columns = [np.array([float(v) for v in str(s).split(";")]) for s in rows["seed_scores"]]
+    matrix = np.full((max((len(c) for c in columns), default=0), len(columns)), np.nan)
+    for j, column in enumerate(columns):
+        matrix[: len(column), j] = column
+    return matrix, list(rows["dataset"])
+
+
+def aggregates(
+    final: pd.DataFrame,
+    baseline: str = "bc",
+    baseline_required: bool = False,
+    threshold: float = 100.0,
+) -> pd.DataFrame:
+    """Each mode across datasets: IQM, optimality gap and P(improvement over `baseline`).
+
+    Every statistic pools the final scores of a mode's `seeds x datasets` matrix; its 95%
+    interval is the stratified bootstrap with datasets as strata (2000 resamples, seed 0). The
+    probability of improvement is over the datasets the mode shares with the baseline.
+
+    Args:
+        final: the `final_scores` table (its seed_scores are the runs' final scores).
+        baseline: the mode the others are compared with.
+        baseline_required: a baseline missing from the table is an error (a name the user gave)
+            rather than a note in every row (the default name, in a study without it).
+        threshold: the optimality gap's target score.
+    Returns:
+        mode[, method], datasets, seeds (per dataset), iqm, iqm_ci_low/high, optimality_gap,
+        optimality_gap_ci_low/high, optimality_threshold, baseline, poi, poi_ci_low/high, note.
+    """
+    modes = sorted(final["mode"].unique())
+    notes: dict[str, list[str]] = {mode: [] for mode in modes}
+    if baseline not in modes:
+        if baseline_required:
+            raise OmbrlError(
+                f"baseline {baseline!r}: no such mode in the scores (modes: {', '.join(modes)})"
+            )
+        for mode in modes:
+            notes[mode].append(f"no probability of improvement: baseline {baseline} not run")
+    matrices = {mode: seed_score_matrix(final, mode) for mode in modes}
+    rows = []
+    for mode in modes:
+        matrix, datasets = matrices[mode]
+        row = {"mode": mode}
+        if "method" in final.columns:
+            row["method"] = final.loc[final["mode"] == mode, "method"].iloc[0]
+        row |= {"datasets": len(datasets), "seeds": matrix.shape[0]}
+        complete = not np.isnan(matrix).any()
+        if not complete:
+            notes[mode].append("seeds differ across datasets: no aggregates")
+        iqm_ci = stratified_bootstrap(iqm, matrix) if complete else (np.nan, np.nan)
+        gap = lambda batch: optimality_gap(batch, threshold)  # noqa: E731
+        gap_ci = stratified_bootstrap(gap, matrix) if complete else (np.nan, np.nan)
+        row |= {
+            "iqm": iqm(matrix) if complete else np.nan,
+            "iqm_ci_low": iqm_ci[0],
+            "iqm_ci_high": iqm_ci[1],
+            "optimality_gap": optimality_gap(matrix, threshold) if complete else np.nan,
+            "optimality_gap_ci_low": gap_ci[0],
+            "optimality_gap_ci_high": gap_ci[1],
+            "optimality_threshold": threshold,
+            "baseline": baseline,
+            "poi": np.nan,
+            "poi_ci_low": np.nan,
+            "poi_ci_high": np.nan,
+        }
+        if baseline in modes and mode == baseline:
+            notes[mode].append("the baseline")
+        elif baseline in modes and complete:
+            base, base_datasets = matrices[baseline]
+            shared = [d for d in datasets if d in base_datasets]
+            if np.isnan(base).any():
+                notes[mode].append(f"baseline {baseline}: seeds differ across datasets")
+            elif not shared:
+                notes[mode].append(f"no dataset shared with baseline {baseline}")
+            else:
+                x = matrix[:, [datasets.index(d) for d in shared]]
+                y = base[:, [base_datasets.index(d) for d in shared]]
+                low, high = stratified_bootstrap(probability_of_improvement, x, y)
+                row |= {"poi": probability_of_improvement(x, y), "poi_ci_low": low}
+                row["poi_ci_high"] = high
+                if len(shared) < len(datasets):
+                    notes[mode].append(f"poi over the {len(shared)} datasets {baseline} ran on")
+        row["note"] = "; ".join(notes[mode])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cell(value: float, digits: int) -> str:
+    return "-" if pd.isna(value) else f"{value:.{digits}f}"
+
+
+def _interval(low: float, high: float, digits: int) -> str:
+    return "-" if pd.isna(low) else f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _estimate(value: float, low: float, high: float, digits: int) -> str:
+    """`value [low, high]`, or `-` where there is no estimate."""
+    return "-" if pd.isna(value) else f"{value:.{digits}f} {_interval(low, high, digits)}"
+
+
+def _markdown(header: list[str], rows: list[list[str]], caption: str) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n\n" + caption + "\n"
+
+
+def final_scores_markdown(final: pd.DataFrame) -> str:
+    """The `final_scores` table as Markdown (one decimal), with a one-paragraph caption."""
+    rows = []
+    for r in final.itertuples(index=False):
+        seeds = ", ".join(f"{float(v):.1f}" for v in str(r.seed_scores).split(";"))
+        rows.append(
+            [
+                str(r.dataset),
+                f"`{r.mode}`",
+                str(r.seeds),
+                f"{_cell(r.normalized_mean, 1)} ± {_cell(r.normalized_std, 1)}",
+                _interval(r.normalized_ci_low, r.normalized_ci_high, 1),
+                _cell(r.normalized_iqm, 1),
+                _interval(r.normalized_iqm_ci_low, r.normalized_iqm_ci_high, 1),
+                f"{seeds} (seeds {', '.join(str(r.seed_ids).split(';'))})",
+            ]
+        )
+    last_k = sorted(set(final["last_k"]))
+    caption = (
+        f"Normalized score (0: random policy, 100: expert). A seed's score is the mean of its last "
+        f"{', '.join(map(str, last_k))} evaluation(s); mean ± std (ddof 0) over seeds, IQM, and "
+        f"95% percentile-bootstrap intervals ({RESAMPLES} resamples). With 2-5 seeds an interval "
+        "covers the true value less often than 95%."
+    )
+    header = ["dataset", "mode", "seeds", "mean ± std", "95% CI", "IQM", "IQM 95% CI", "per seed"]
+    return _markdown(header, rows, caption)
+
+
+def aggregates_markdown(table: pd.DataFrame) -> str:
+    """The `aggregates` table as Markdown, with a one-paragraph caption."""
+    baseline = table["baseline"].iloc[0] if len(table) else "bc"
+    threshold = table["optimality_threshold"].iloc[0] if len(table) else 100.0
+    rows = [
+        [
+            f"`{r.mode}`",
+            f"{r.datasets} x {r.seeds}",
+            _estimate(r.iqm, r.iqm_ci_low, r.iqm_ci_high, 1),
+            _estimate(r.optimality_gap, r.optimality_gap_ci_low, r.optimality_gap_ci_high, 1),
+            _estimate(r.poi, r.poi_ci_low, r.poi_ci_high, 2),
+            str(r.note),
+        ]
+        for r in table.itertuples(index=False)
+    ]
+    caption = (
+        f"Across datasets (datasets x seeds runs per mode): interquartile mean of the normalized "
+        f"final scores, optimality gap (mean shortfall below {threshold:g}; lower is better) and "
+        f"probability that a run of the mode beats a run of `{baseline}` on the same dataset, "
+        f"each with a 95% stratified-bootstrap interval (datasets as strata, {RESAMPLES} "
+        "resamples). With 2-5 seeds an interval covers the true value less often than 95%."
+    )
+    header = ["mode", "runs", "IQM [95% CI]", "optimality gap [95% CI]", "P(improvement)", "note"]
+    header[4] = f"P(improvement over `{baseline}`) [95% CI]"
+    return _markdown(header, rows, caption)

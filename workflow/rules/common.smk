@@ -26,8 +26,6 @@ SEEDS = STUDY["seeds"]
 MODES = STUDY["modes"]
 
 
-
-
 def code(stage, method=None):
     """Fingerprint of the library code a job of `stage` (running `method`) imports, read from
     the imports (ombrl.fingerprint): editing that code reruns exactly those jobs."""
@@ -133,7 +131,10 @@ def ensemble_loss_params(w, output):
 
 
 def get_final_output():
-    figures = ["results/figures/avg_return.pdf"]
+    figures = [
+        f"results/figures/{f}.pdf"
+        for f in ("avg_return", "final_scores", "performance_profile")
+    ]
     if STUDY["ensembles"]:
         figures += [f"results/figures/{d}/ensemble_loss.pdf" for d in DATASETS]
     return ["results/scores.csv", *figures]

@@ -41,3 +41,49 @@ rule figure_ensemble_loss:
     shell:
         "papermill {input.notebook} {output.notebook} -k python3 --no-progress-bar"
         " -y {params.notebook_params} > {log} 2>&1"
+
+
+rule figure_final_scores:
+    input:
+        final="results/tables/final_scores.csv",
+        aggregates="results/tables/aggregates.csv",
+        notebook="notebooks/final_scores.ipynb",
+    output:
+        figure=report(
+            "results/figures/final_scores.pdf",
+            caption="../report/final_scores_figure.rst",
+            category="Figures",
+        ),
+        notebook="results/notebooks/final_scores.ipynb",
+    log:
+        "logs/figures/final_scores.log",
+    conda:
+        "../../envs/figures.yaml"
+    params:
+        code=code("scores"),
+    shell:
+        "papermill {input.notebook} {output.notebook} -k python3 --no-progress-bar"
+        " -p final_csv {input.final} -p aggregates_csv {input.aggregates}"
+        " -p output_pdf {output.figure} > {log} 2>&1"
+
+
+rule figure_performance_profile:
+    input:
+        final="results/tables/final_scores.csv",
+        notebook="notebooks/performance_profile.ipynb",
+    output:
+        figure=report(
+            "results/figures/performance_profile.pdf",
+            caption="../report/performance_profile.rst",
+            category="Figures",
+        ),
+        notebook="results/notebooks/performance_profile.ipynb",
+    log:
+        "logs/figures/performance_profile.log",
+    conda:
+        "../../envs/figures.yaml"
+    params:
+        code=code("scores"),
+    shell:
+        "papermill {input.notebook} {output.notebook} -k python3 --no-progress-bar"
+        " -p final_csv {input.final} -p output_pdf {output.figure} > {log} 2>&1"

@@ -27,6 +27,13 @@ rule scores:
             caption="../report/final_scores.rst",
             category="Scores",
         ),
+        final_md="results/tables/final_scores.md",
+        aggregates=report(
+            "results/tables/aggregates.csv",
+            caption="../report/aggregates.rst",
+            category="Scores",
+        ),
+        aggregates_md="results/tables/aggregates.md",
     log:
         "logs/scores.log",
     conda:
@@ -34,4 +41,5 @@ rule scores:
     params:
         code=code("scores"),
     shell:
-        "ombrl scores {input} --output {output.scores} --final {output.final} > {log} 2>&1"
+        "ombrl scores {input} --output {output.scores} --final {output.final}"
+        " --aggregates {output.aggregates} > {log} 2>&1"
