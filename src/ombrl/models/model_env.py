@@ -9,7 +9,8 @@ the sampled member's transition (MOPO) or averaged over the elites (offline-mode
 Pessimism (`Pessimism`) uses the uncertainty `u(s, a)` of the elites:
 - `penalty`: `r - lambda * u` (MOPO with aleatoric u; epistemic-penalty with disagreement).
 - `partitioning` (MOReL's HALT): where `u > threshold` the transition is terminal, so SAC
-  never bootstraps through it, and its reward is replaced by (or has added) `halt_penalty`.
+  never bootstraps through it, and its reward is replaced by (or has added) `halt_penalty`,
+  or set to 0 (`truncate`, what mjrl's MOReL code does instead of the paper's penalty).
 - `none`: MBPO.
 
 Samples that reach a terminal (or HALT) state stop there; a transition whose prediction is not
@@ -37,7 +38,7 @@ from ombrl.tasks import RewardFn, TerminalFn
 
 PESSIMISM_KINDS = ("none", "penalty", "partitioning")
 REWARD_SOURCES = ("sampled", "mean")
-HALT_REWARDS = ("replace", "add")
+HALT_REWARDS = ("replace", "add", "truncate")
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ class Pessimism:
         scale: obs_dim weights given to `uncertainty` (None: raw units).
         penalty_lambda: lambda of `penalty`.
         threshold: `partitioning` marks transitions with `u > threshold`.
-        halt_reward: `replace` (MOReL, offline-model-based-rl) or `add` (J-MOReL).
+        halt_reward: `replace` (MOReL paper, offline-model-based-rl), `add` (J-MOReL) or
+            `truncate` (mjrl's code, its issue #45: reward 0, `halt_penalty` unused).
         halt_penalty: the reward of a HALT transition (`replace`) or what is added to it.
     """
 
@@ -145,8 +147,7 @@ def rollout(
             rew = rew - pessimism.penalty_lambda * u
         elif pessimism.kind == "partitioning":
             halt = u > pessimism.threshold
-            base = rew if pessimism.halt_reward == "add" else torch.zeros_like(rew)
-            rew = torch.where(halt, base + pessimism.halt_penalty, rew)
+            rew = torch.where(halt, halt_reward(rew, pessimism), rew)
             terminal = terminal | halt
         valid = torch.isfinite(next_obs).all(dim=-1) & torch.isfinite(rew)
         if u is not None:
@@ -172,6 +173,16 @@ def rollout(
     if pessimism.kind == "partitioning":
         stats["rollout_halted"] = halted / b
     return batch, stats
+
+
+def halt_reward(rew: Tensor, pessimism: Pessimism) -> Tensor:
+    """The reward a HALT transition gets instead of `rew` (B), by `pessimism.halt_reward`:
+    `halt_penalty` (`replace`), `rew + halt_penalty` (`add`) or 0 (`truncate`)."""
+    if pessimism.halt_reward == "add":
+        return rew + pessimism.halt_penalty
+    if pessimism.halt_reward == "replace":
+        return torch.full_like(rew, pessimism.halt_penalty)
+    return torch.zeros_like(rew)
 
 
 def _sampled_reward(
