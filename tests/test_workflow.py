@@ -21,6 +21,8 @@ TINY = load_study(read_yaml(Path(".test/config_tiny/config.yaml")), "tiny")
 ENTRIES = list(TINY["modes"])
 # The entries that train on model rollouts (all but bc and sac).
 MODEL_BASED = sum(METHODS[entry["method"]].needs_ensemble for entry in TINY["modes"].values())
+# The figures drawn from the scores: every change that reaches scores.csv redraws them.
+FIGURES = {"figure_avg_return": 1, "figure_final_scores": 1, "figure_performance_profile": 1}
 
 
 def run(workdir, *args):
@@ -101,7 +103,7 @@ def test_a_policy_parameter_reruns_only_policies_scores_and_figures(study):
     (study / "changed.yaml").write_text(yaml.safe_dump(changed))
     result = run(study, "--configfile", "changed.yaml", "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert scheduled(result) == {"train_policy": 1, "scores": 1, "figure_avg_return": 1}
+    assert scheduled(result) == {"train_policy": 1, "scores": 1, **FIGURES}
 
 
 def test_an_ensemble_parameter_reruns_the_ensemble_and_what_depends_on_it(study):
@@ -114,7 +116,7 @@ def test_an_ensemble_parameter_reruns_the_ensemble_and_what_depends_on_it(study)
         "train_ensemble": 1,
         "train_policy": MODEL_BASED,
         "scores": 1,
-        "figure_avg_return": 1,
+        **FIGURES,
         "figure_ensemble_loss": 1,
     }
 
@@ -137,7 +139,7 @@ def test_a_new_seed_adds_only_its_jobs(study):
         "train_ensemble": 1,
         "train_policy": len(ENTRIES),
         "scores": 1,
-        "figure_avg_return": 1,
+        **FIGURES,
         "figure_ensemble_loss": 1,
     }
 
@@ -167,10 +169,31 @@ def test_editing_the_sac_agent_reruns_only_the_jobs_that_use_it(study):
     assert scheduled(result) == {
         "train_policy": len(sac_modes),
         "scores": 1,
-        "figure_avg_return": 1,
+        **FIGURES,
     }
     # Every SAC-based mode's job; bc does not use SAC.
     assert sorted(re.findall(r"mode=([\w-]+), seed=\d", result.stdout)) == sorted(sac_modes)
+
+
+@pytest.mark.parametrize(
+    ("path", "rerun"),
+    [
+        # The MLP every learner is built from: bc, the SAC family and NPG's value baseline.
+        ("src/ombrl/agents/networks.py", ENTRIES),
+        # Imported by no stage (`ombrl convert-ensemble` only): nothing reruns.
+        ("src/ombrl/models/convert.py", []),
+    ],
+)
+def test_a_library_edit_reruns_exactly_the_jobs_that_import_it(study, path, rerun):
+    restore = with_change(study, path, lambda t: t + "\n# an edit\n")
+    try:
+        result = run(study, "--configfile", "study.yaml", "--dry-run")
+    finally:
+        restore()
+    assert result.returncode == 0, result.stderr
+    expected = {"train_policy": len(rerun), "scores": 1, **FIGURES} if rerun else {}
+    assert scheduled(result) == expected
+    assert sorted(re.findall(r"mode=([\w-]+), seed=\d", result.stdout)) == sorted(rerun)
 
 
 def test_editing_the_ensemble_code_reruns_ensembles_and_dependants(study):
@@ -184,7 +207,7 @@ def test_editing_the_ensemble_code_reruns_ensembles_and_dependants(study):
         "train_ensemble": 1,
         "train_policy": MODEL_BASED,
         "scores": 1,
-        "figure_avg_return": 1,
+        **FIGURES,
         "figure_ensemble_loss": 1,
     }
 
@@ -211,13 +234,18 @@ def test_the_d4rl_study_plans_every_job_with_its_tuned_values(tmp_path):
     result = run(workdir, "--configfile", "study.yaml", "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
     datasets, seeds, modes = 12, 5, len(METHODS)
+    # Per dataset: the thesis's 4x200 PNN, MOReL's deterministic and J-MOReL's probabilistic
+    # ensemble (halfcheetah's own sizes for both).
+    ensembles = 3
     assert scheduled(result) == {
         "download_dataset": datasets,
         "tracking_store": 1,
-        "train_ensemble": datasets * seeds,
+        "train_ensemble": datasets * seeds * ensembles,
         "train_policy": datasets * seeds * modes,
         "scores": 1,
         "figure_avg_return": 1,
+        "figure_final_scores": 1,
+        "figure_performance_profile": 1,
         "figure_ensemble_loss": datasets,
     }
     # Each dataset's tuned rollout length and penalty reach its own policy jobs only.
@@ -235,3 +263,10 @@ def test_the_d4rl_study_plans_every_job_with_its_tuned_values(tmp_path):
     assert len(halt) == seeds
     assert all("rollout_length=19" in c and "threshold=0.0131" in c for c in halt)
     assert all("threshold_rule=absolute" in c and "scale=normalized" in c for c in halt)
+    # J-MOReL's per-environment settings, and halfcheetah's own ensemble.
+    jmorel = [line for line in result.stdout.splitlines() if "--mode j-morel" in line]
+    assert len(jmorel) == datasets * seeds
+    walker = [c for c in jmorel if "walker2d-random-v2.hdf5" in c]
+    assert all("threshold=20" in c and "halt_penalty=-30" in c and "paths=100" in c for c in walker)
+    cheetah = [c for c in jmorel if "halfcheetah-medium-v2.hdf5" in c]
+    assert all("ensembles/pnn-4x512-cheetah/" in c and "horizon=1000" in c for c in cheetah)

@@ -17,6 +17,7 @@ from typing import NoReturn
 from ombrl.config import SCHEMA
 from ombrl.errors import OmbrlError
 from ombrl.methods import METHODS
+from ombrl.tracking import DEFAULT_TRACKING_URI
 
 # ---------------------------------------------------------------------------------------------
 # datasets
@@ -260,8 +261,6 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_tracking_flag(parser: argparse.ArgumentParser) -> None:
-    from ombrl.tracking import DEFAULT_TRACKING_URI
-
     parser.add_argument(
         "--tracking-uri",
         default=DEFAULT_TRACKING_URI,

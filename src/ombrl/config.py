@@ -244,11 +244,27 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
             problems.append(str(e))
     modes = _resolve_modes(study["modes"], source, problems)
     for name, entry in modes.items():
+        unknown = [
+            d
+            for d in entry.setdefault("datasets", list(study["datasets"]))
+            if d not in study["datasets"]
+        ]
+        if unknown:
+            problems.append(
+                f"{source}: modes.{name}.datasets: {', '.join(unknown)} not an entry of datasets"
+            )
         ensemble = entry.get("ensemble")
         if ensemble is not None and ensemble not in study["ensembles"]:
             problems.append(
                 f"{source}: modes.{name}.ensemble: {ensemble!r} is not an entry of ensembles"
             )
+        elif method_spec(entry["method"]).needs_elites and ensemble in resolved:
+            members = resolved[ensemble]
+            if members["num_elites"] >= members["num_models"]:
+                problems.append(
+                    f"{source}: modes.{name}.ensemble: {entry['method']} needs elites, but "
+                    f"{ensemble} keeps all {members['num_models']} members (num_elites)"
+                )
     for dataset, per_mode in study["overrides"].items():
         if dataset not in study["datasets"]:
             problems.append(f"{source}: overrides.{dataset}: not an entry of datasets")
@@ -294,13 +310,14 @@ def resolve_mode(name: str, entry: Mapping, source: str, at: str = "") -> dict:
         at: the entry's dotted key in `source` (e.g. `modes.mopo`), for error messages.
 
     Returns:
-        `{"method": ..., **every key of the method's section}`.
+        `{"method": ..., ["datasets": ...,] **every key of the method's section}`.
 
     Raises:
         OmbrlError: an unknown method, an unknown key or a bad value (every problem listed).
     """
     params = dict(entry)
     method = params.pop("method", name)
+    datasets = params.pop("datasets", None)
     where = f"{source}: {at}" if at else source
     if method not in METHODS:
         hint = "" if "method" in entry else " (name one with `method:`)"
@@ -308,7 +325,7 @@ def resolve_mode(name: str, entry: Mapping, source: str, at: str = "") -> dict:
             f"{where}{'.method' if at else ''}: {method!r} is not one of {', '.join(METHODS)}{hint}"
         )
     checked = validate(params, source, SCHEMA["$defs"][method_spec(method).section], at)
-    return {"method": method, **checked}
+    return {"method": method, **({"datasets": datasets} if datasets else {}), **checked}
 
 
 def mode_params(study: dict, dataset: str, name: str) -> dict:

@@ -68,11 +68,16 @@ def policy_dir(dataset, mode, seed):
     return f"results/{dataset}/policies/{mode}/seed{seed}"
 
 
+def entries_on(dataset):
+    """The mode entries that run on `dataset` (an entry's `datasets`, default all)."""
+    return [m for m in MODES if dataset in MODES[m]["datasets"]]
+
+
 def policy_progress_files():
     return [
         f"{policy_dir(d, m, s)}/progress.csv"
         for d in DATASETS
-        for m in MODES
+        for m in entries_on(d)
         for s in SEEDS
     ]
 
@@ -81,9 +86,14 @@ def datasets_from(source):
     return [name for name, spec in DATASETS.items() if spec["source"] == source]
 
 
+def ensemble_of(dataset, mode):
+    """The ensemble entry `mode` uses on `dataset` (overrides may change it), or None."""
+    return mode_params(STUDY, dataset, mode).get("ensemble")
+
+
 def policy_inputs(w):
     inputs = {"dataset": dataset_file(w.dataset), "tracking": ancient(TRACKING_MARKER)}
-    ensemble = MODES[w.mode].get("ensemble")
+    ensemble = ensemble_of(w.dataset, w.mode)
     if ensemble is not None:
         inputs["ensemble"] = (
             f"{ensemble_dir(w.dataset, ensemble, w.seed)}/model.safetensors"
@@ -98,19 +108,28 @@ def method_of(w):
 def policy_flags(w):
     params = mode_params(STUDY, w.dataset, w.mode)
     params.pop("ensemble", None)
+    params.pop("datasets")
     flags = f"--mode {params.pop('method')} --name {w.mode}"
     flags += f" --params {as_params(params)}" if params else ""
-    ensemble = MODES[w.mode].get("ensemble")
+    ensemble = ensemble_of(w.dataset, w.mode)
     if ensemble is not None:
         flags += f" --ensemble {ensemble_dir(w.dataset, ensemble, w.seed)}"
     return flags
 
 
+def ensembles_on(dataset):
+    """The ensembles fitted on `dataset`: those its entries use, and those no entry uses (a
+    study may only fit ensembles)."""
+    used = {ensemble_of(d, m) for d in DATASETS for m in entries_on(d)}
+    here = {ensemble_of(dataset, m) for m in entries_on(dataset)}
+    return sorted(e for e in STUDY["ensembles"] if e not in used or e in here)
+
+
 def ensemble_runs(dataset):
-    """(label, metrics.csv) of every configured ensemble and seed on one dataset."""
+    """(label, metrics.csv) of every ensemble and seed fitted on one dataset."""
     return [
         (f"{e} seed{s}", f"{ensemble_dir(dataset, e, s)}/metrics.csv")
-        for e in sorted(STUDY["ensembles"])
+        for e in ensembles_on(dataset)
         for s in SEEDS
     ]
 
@@ -135,6 +154,5 @@ def get_final_output():
         f"results/figures/{f}.pdf"
         for f in ("avg_return", "final_scores", "performance_profile")
     ]
-    if STUDY["ensembles"]:
-        figures += [f"results/figures/{d}/ensemble_loss.pdf" for d in DATASETS]
+    figures += [f"results/figures/{d}/ensemble_loss.pdf" for d in DATASETS if ensembles_on(d)]
     return ["results/scores.csv", *figures]

@@ -42,6 +42,8 @@ class MethodSpec:
         module: the module (below `ombrl.methods`) whose `train` runs it.
         section: the `$defs` entry of the config schema holding its keys and defaults.
         needs_ensemble: trains with a dynamics ensemble fitted on the dataset.
+        needs_elites: its ensemble must keep fewer elites than members (`num_elites`
+            below `num_models`), checked when a study loads.
         online: can also train by acting in an environment (`train-policy --env`).
         progress: the unit of its progress (`step` column): `updates`, `iterations`, ...
     """
@@ -50,6 +52,7 @@ class MethodSpec:
     module: str
     section: str
     needs_ensemble: bool
+    needs_elites: bool = False
     online: bool = False
     progress: str = "updates"
 
@@ -73,6 +76,15 @@ METHODS: dict[str, MethodSpec] = {
         _sac_family("aleatoric-penalty", "aleatoric_penalty"),
         _sac_family("epistemic-partitioning", "epistemic_partitioning"),
         _sac_family("aleatoric-partitioning", "aleatoric_partitioning"),
+        MethodSpec("morel", "morel", "morel", needs_ensemble=True, progress="iterations"),
+        MethodSpec(
+            "j-morel",
+            "morel",
+            "j_morel",
+            needs_ensemble=True,
+            needs_elites=True,
+            progress="iterations",
+        ),
     ]
 }
 

@@ -1,0 +1,132 @@
+"""MOReL and J-MOReL as methods: NPG iterations in the pessimistic MDP, from the library and
+the CLI; the NPG and path mechanics themselves are tested in test_npg.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_cli import ROOT, assert_user_error, ombrl, train_tiny_ensemble
+from test_policies import collect, settings, tiny_ensemble
+
+from ombrl.agents.npg import NPG
+from ombrl.config import load_study, read_yaml
+from ombrl.errors import OmbrlError
+from ombrl.methods import Inputs, method_module
+from ombrl.methods import morel as morel_module
+from ombrl.training.loop import Evaluation
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return collect(1000)
+
+
+def run(method: str, data, ensemble, **params) -> tuple[NPG, list[dict], list]:
+    """A short run; also returns the start-state pool seen at each iteration."""
+    cfg = settings(
+        method,
+        ensemble="tiny",
+        iterations=6,
+        paths=8,
+        horizon=30,
+        eval_every=2,
+        hidden_size=[16],
+        value_hidden_size=[16],
+        bc_epochs=1,
+        **params,
+    )
+    pools = []
+    original = morel_module.PathSampler.__call__
+
+    def spy(self, update):
+        pools.append(self.pool.clone())
+        return original(self, update)
+
+    records: list[dict] = []
+    inputs = Inputs(
+        data.env_id, data, ensemble, 0, torch.device("cpu"), Evaluation(1, 1, 1000), False
+    )
+    morel_module.PathSampler.__call__ = spy
+    try:
+        agent = method_module(method).train(method, cfg, inputs, records.append)
+    finally:
+        morel_module.PathSampler.__call__ = original
+    return agent, records, pools
+
+
+@pytest.mark.parametrize("method", ["morel", "j-morel"])
+def test_npg_iterations_log_the_model_view_on_their_schedule(dataset, method) -> None:
+    model = tiny_ensemble(dataset)  # 3 members, elites [0, 2]
+    agent, records, pools = run(method, dataset, model)
+    assert isinstance(agent, NPG) and agent.step == 6
+    # Evaluated every `eval_every` iterations (not the study's update schedule) and at 0.
+    assert [r["step"] for r in records] == [0, 2, 4, 6]
+    for r in records[1:]:
+        assert 0 <= r["paths_truncated"] <= 1 and 1 <= r["path_length"] <= 30
+        assert r["kl"] > 0 and np.isfinite(r["path_return"]) and "halt_threshold" in r
+    # The start-state pool is the dataset's episode starts, the same at every iteration.
+    starts = dataset.observations[np.r_[True, np.diff(dataset.episode_ids) != 0]]
+    assert len(pools) == 6
+    for pool in pools:
+        torch.testing.assert_close(pool, torch.as_tensor(starts))
+    _, again, _ = run(method, dataset, model)
+    assert again == records  # same seed, same numbers
+
+
+def test_the_threshold_rule_reaches_the_paths(dataset) -> None:
+    """A threshold far above any disagreement truncates nothing; a tiny one truncates all."""
+    model = tiny_ensemble(dataset)
+    loose = run("morel", dataset, model, threshold_rule="absolute", threshold=1e9)[1]
+    tight = run("morel", dataset, model, threshold_rule="absolute", threshold=0.0)[1]
+    assert all(r["paths_truncated"] == 0 for r in loose[1:])
+    assert all(r["paths_truncated"] == 1 and r["path_length"] == 1 for r in tight[1:])
+
+
+def test_j_morel_needs_elites(dataset) -> None:
+    model = tiny_ensemble(dataset)
+    model.elites = [0, 1, 2]
+    with pytest.raises(OmbrlError, match="j-morel needs an ensemble with elites"):
+        run("j-morel", dataset, model)
+    run("morel", dataset, model)  # the original MOReL uses every member
+
+
+def test_bad_settings_are_one_line_errors_before_training() -> None:
+    study = read_yaml(ROOT / "config/config.yaml")
+    study["ensembles"]["all-members"] = {"config": "pnn", "params": {"num_elites": 7}}
+    study["modes"]["jm"] = {"method": "j-morel", "ensemble": "all-members"}
+    study["modes"]["mo"] = {"method": "morel", "ensemble": "pnn-small", "horizon": 0}
+    study["modes"]["mo2"] = {"method": "morel", "ensemble": "pnn-small", "threshold_rule": "q"}
+    with pytest.raises(OmbrlError) as info:
+        load_study(study, "s.yaml", root=ROOT)
+    lines = str(info.value).splitlines()
+    assert any("modes.jm.ensemble: j-morel needs elites, but all-members keeps" in x for x in lines)
+    assert any("modes.mo.horizon: 0 is less than the minimum of 1" in x for x in lines)
+    assert any("modes.mo2.threshold_rule: 'q' is not one of" in x for x in lines)
+
+
+def test_morel_from_the_cli(tmp_path) -> None:
+    data = tmp_path / "pendulum.hdf5"
+    assert ombrl(
+        "collect", "--env", "InvertedPendulum-v5", "--policy", "medium",
+        "--transitions", "1200", "--seed", "3", "--output", str(data), "--quiet",
+    ).returncode == 0  # fmt: skip
+    assert train_tiny_ensemble(data, tmp_path / "ens").returncode == 0
+    params = ["iterations=3", "paths=4", "horizon=20", "eval_every=1", "hidden_size=8"]
+    result = ombrl(
+        "train-policy", "--dataset", str(data), "--mode", "j-morel", "--name", "jm-small",
+        "--ensemble", str(tmp_path / "ens"), "--params", *params, "--eval-episodes", "1",
+        "--output", str(tmp_path / "pol"), "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    progress = pd.read_csv(tmp_path / "pol/progress.csv")
+    assert list(progress["step"]) == [0, 1, 2, 3]
+    assert set(progress["mode"]) == {"jm-small"} and set(progress["method"]) == {"j-morel"}
+    assert progress["normalized_score"].notna().all()
+    bad = ombrl(
+        "train-policy", "--dataset", str(data), "--mode", "morel", "--ensemble",
+        str(tmp_path / "ens"), "--params", "horizon=0", "--output", str(tmp_path / "bad"),
+    )  # fmt: skip
+    assert_user_error(bad, "horizon: 0 is less than the minimum of 1")
+    assert not (tmp_path / "bad").exists()
