@@ -235,6 +235,96 @@ def cmd_check_config(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# PETS (planning): one self-contained block, `cmd_pets` and `_add_pets_parser`
+
+
+def cmd_pets(args: argparse.Namespace) -> None:
+    """PETS in a gymnasium env: preset + `-ca` + `-o`, then `train_pets`; outputs staged."""
+    from ombrl.models.ensemble import save_ensemble
+    from ombrl.planning import load_pets_config, preset_path, train_pets, write_episodes
+    from ombrl.runtime import code_version, resolve_device, setup
+    from ombrl.tasks import get_task
+    from ombrl.tracking import (
+        CsvLog,
+        mlflow_run,
+        resolve_tracking_uri,
+        staged_directory,
+        write_json,
+    )
+
+    get_task(args.env)  # an env without task functions fails before anything else
+    path = preset_path(args.preset, args.env)
+    cfg = load_pets_config(path, args.controller_args or [], args.overrides or [])
+    device = resolve_device(args.device)
+    setup(args.seed, args.threads)
+    settings = cfg.to_dict()
+    checkpoint = _checkpointer(
+        args, {"command": "pets", "env": args.env, "config": settings, "device": device.type}
+    )
+    tags = {"env": args.env, "preset": path.stem, "seed": args.seed}
+    log = CsvLog()
+    uri = resolve_tracking_uri(args.tracking_uri)
+    with mlflow_run(uri, "pets", _run_name(tags), tags, settings) as run:
+
+        def on_row(row: dict) -> None:
+            log.log(row)
+            if run is not None:
+                run.log(row, row["episode"])
+
+        ensemble, result = train_pets(
+            args.env, cfg, args.seed, device, on_row, not args.quiet, checkpoint
+        )
+    meta = {
+        "env": args.env,
+        "preset": str(path),
+        "config": settings,
+        "seed": args.seed,
+        "threads": args.threads,
+        "code_version": code_version(),
+    }
+    with staged_directory(Path(args.output)) as out:
+        save_ensemble(ensemble, out, meta)
+        write_episodes(out / "episodes.hdf5", result.episodes, result.returns)
+        log.write(out / "progress.csv")
+        write_json(out / "returns.json", {**meta, "returns": result.returns})
+    for i, value in enumerate(result.returns, start=1):
+        print(f"iteration {i}: return {value:.1f}")
+    if checkpoint is not None:
+        checkpoint.clear()
+
+
+def _add_pets_parser(sub) -> None:
+    p = sub.add_parser("pets", help="PETS: plan with CEM on a learned ensemble, acting online")
+    p.add_argument("--env", required=True, help="InvertedPendulum-v5, Reacher-v5, Pusher-v5, ...")
+    p.add_argument(
+        "--preset", help="config/pets/NAME.yaml or a YAML path (default: the --env preset)"
+    )
+    p.add_argument(
+        "-ca",
+        dest="controller_args",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="controller argument, repeatable: model-type D|P|DE|PE, "
+        "prop-type E|DS|TS1|TSinf|MM, opt-type CEM|Random",
+    )
+    p.add_argument(
+        "-o",
+        dest="overrides",
+        nargs=2,
+        action="append",
+        metavar=("KEY", "VALUE"),
+        help="override a preset key (value read as YAML), repeatable: -o horizon 15",
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--output", required=True, help="folder for model, episodes.hdf5, progress.csv")
+    _add_checkpoint_flags(p, every=1, unit="iterations")
+    _add_run_flags(p)
+    _add_tracking_flag(p)
+    p.set_defaults(func=cmd_pets)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def _add_checkpoint_flags(parser: argparse.ArgumentParser, every: int, unit: str) -> None:
@@ -416,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a study config against the schema")
     p.add_argument("config", help="study YAML, e.g. config/config.yaml")
     p.set_defaults(func=cmd_check_config)
+
+    _add_pets_parser(sub)
     return parser
 
 

@@ -8,6 +8,13 @@ The locomotion tasks pay the finite-difference x-velocity over the step, but x i
 observation; the mean of the velocity at s and at s' approximates it 10-20x better than the
 velocity at s' alone. Versions differ where gymnasium's do: `-v4` pays the healthy bonus (and
 InvertedPendulum its 1) on the terminating step too, `-v5` does not.
+
+Reacher-v5 and Pusher-v5 (the PETS manipulation tasks) pay distances measured after the step,
+and their observations carry exactly what those distances need, so their rewards are exact
+functions of (a, s'): Reacher's `fingertip - target` is obs[8:10] (both bodies move in the
+plane z = 0.01, so the dropped z difference is always 0), Pusher's arm tip, object and goal
+positions are obs[14:17], obs[17:20], obs[20:23]. Neither ever terminates. Only `-v5` is
+supported for them: `-v4` pays the distances before the step (at s) and loads another model.
 """
 
 from __future__ import annotations
@@ -101,6 +108,21 @@ def _locomotion_reward(
     return reward
 
 
+def _reacher_reward(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
+    """Reacher-v5: `-|fingertip - target| - |a|^2`, the distance at s' (obs[8:10])."""
+    return -next_obs[:, 8:10].norm(dim=-1) - act.square().sum(dim=-1)
+
+
+def _pusher_reward(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
+    """Pusher-v5: `-0.5 |object - tip| - |object - goal| - 0.1 |a|^2`, positions at s'."""
+    tip, item, goal = next_obs[:, 14:17], next_obs[:, 17:20], next_obs[:, 20:23]
+    return (
+        -0.5 * (item - tip).norm(dim=-1)
+        - (item - goal).norm(dim=-1)
+        - 0.1 * act.square().sum(dim=-1)
+    )
+
+
 @dataclass(frozen=True)
 class _Family:
     name: str
@@ -109,6 +131,7 @@ class _Family:
     action_bound: float
     make_reward: Callable[[bool], RewardFn]  # argument: paid on the terminating step (-v4)
     terminal: TerminalFn
+    versions: tuple[str, ...] = ("4", "5")  # gymnasium versions whose reward this is
 
 
 _FAMILIES = {
@@ -162,6 +185,12 @@ _FAMILIES = {
         ),
         _never_terminal,
     ),
+    "Reacher": _Family(
+        "reacher", 10, 2, 1.0, lambda v4: _reacher_reward, _never_terminal, versions=("5",)
+    ),
+    "Pusher": _Family(
+        "pusher", 23, 7, 2.0, lambda v4: _pusher_reward, _never_terminal, versions=("5",)
+    ),
 }
 
 
@@ -170,15 +199,17 @@ def get_task(env_id: str) -> Task:
 
     Args:
         env_id: "{Family}-v4" or "{Family}-v5", Family one of InvertedPendulum, Hopper,
-            Walker2d, HalfCheetah.
+            Walker2d, HalfCheetah; or "Reacher-v5", "Pusher-v5".
 
     Raises:
         OmbrlError: an unknown family or version.
     """
     match = re.fullmatch(r"(\w+)-v([45])", env_id)
     family = _FAMILIES.get(match.group(1)) if match else None
-    if family is None:
-        known = ", ".join(f"{name}-v4/-v5" for name in _FAMILIES)
+    if family is None or match.group(2) not in family.versions:
+        known = ", ".join(
+            f"{name}-" + "/".join(f"v{v}" for v in f.versions) for name, f in _FAMILIES.items()
+        )
         raise OmbrlError(f"env: {env_id!r} has no task functions (known: {known})")
     v4 = match.group(2) == "4"
     return Task(
