@@ -46,9 +46,9 @@ class LoopNet(PlanningNet):
     def __call__(self, obs, act):
         x = torch.cat([obs, act], dim=-1)
         if x.dim() == 2:
-            x = x.expand(self.num_members, *x.shape)
+            x = x.expand(self.num_models, *x.shape)
         means, stds = [], []
-        for m in range(self.num_members):
+        for m in range(self.num_models):
             h = x[m]
             for w, b in zip(self.weights[:-1], self.biases[:-1], strict=True):
                 h = torch.addmm(b[m], h, w[m])
@@ -74,7 +74,7 @@ def setting(name: str):
     loop = make_agent(ensemble, task, cfg, torch.Generator().manual_seed(0))
     loop.propagator.net = LoopNet(loop.propagator.model)
     net = ours.propagator.net
-    e = ensemble.num_members
+    e = ensemble.num_models
     rows = cfg.popsize * cfg.particles // e  # particles per member per call (TS layout)
     x = torch.randn(e, rows, task.obs_dim + task.act_dim)
     calls = cfg.max_iters * cfg.horizon

@@ -199,7 +199,7 @@ def test_model_types() -> None:
     model = two_members()
     model.elites = [1, 0]
     single = planning_model(model, "P")
-    assert single.num_members == 1
+    assert single.num_models == 1
     with torch.no_grad():
         assert single.predict(
             torch.zeros(1, 1), torch.zeros(1, 1)

@@ -81,7 +81,7 @@ class PetsResult:
 def fit_config(cfg: PetsConfig) -> FitConfig:
     """The ensemble-training settings of a PETS refit (the one place FitConfig is built)."""
     return FitConfig(
-        epochs=cfg.fit_epochs,
+        fit_epochs=cfg.fit_epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,

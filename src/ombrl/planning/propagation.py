@@ -66,7 +66,7 @@ def single_member(ensemble: DynamicsEnsemble, member: int) -> DynamicsEnsemble:
     one = DynamicsEnsemble(
         arch["obs_dim"],
         arch["act_dim"],
-        arch["hidden_sizes"],
+        arch["hidden_size"],
         1,
         arch["probabilistic"],
         arch["activation"],
@@ -74,7 +74,7 @@ def single_member(ensemble: DynamicsEnsemble, member: int) -> DynamicsEnsemble:
     )
     state = {}
     for name, value in ensemble.state_dict().items():
-        member_dim = value.dim() == 3 and value.shape[0] == ensemble.num_members
+        member_dim = value.dim() == 3 and value.shape[0] == ensemble.num_models
         state[name] = value[member : member + 1].clone() if member_dim else value.clone()
     one.load_state_dict(state)
     return one.to(ensemble.input_mean.device).eval()
@@ -129,7 +129,7 @@ class PlanningNet:
         self.weights, self.biases = weights, biases
         self.probabilistic = model.probabilistic
         self.swish = model.activation == "swish"
-        self.num_members, self.obs_dim = model.num_members, model.obs_dim
+        self.num_models, self.obs_dim = model.num_models, model.obs_dim
         if model.probabilistic:
             self.max_logvar = model.max_logvar.detach()[..., :d].clone()
             self.min_logvar = model.min_logvar.detach()[..., :d].clone()
@@ -148,7 +148,7 @@ class PlanningNet:
         """
         h = torch.cat([obs, act], dim=-1)
         if h.dim() == 2:
-            h = h.expand(self.num_members, *h.shape)
+            h = h.expand(self.num_models, *h.shape)
         for w, b in zip(self.weights[:-1], self.biases[:-1], strict=True):
             h = torch.baddbmm(b, h, w)
             h = torch.nn.functional.silu(h, inplace=True) if self.swish else h.relu_()
@@ -184,7 +184,7 @@ class Propagator:
     ) -> None:
         if prop_type not in PROP_TYPES:
             raise OmbrlError(f"prop_type: {prop_type!r} is not one of {', '.join(PROP_TYPES)}")
-        e = model.num_members
+        e = model.num_models
         if prop_type.startswith("TS") and num_particles % e:
             raise OmbrlError(
                 f"particles: {num_particles} must be a multiple of the ensemble size ({e}) "
@@ -240,7 +240,7 @@ class Propagator:
         """TS1/TSinf: slot j of a candidate goes to member `j // (N / E)`; TS1 permutes the
         particles among the slots every step, TSinf keeps particle j in slot j."""
         p, n, d = states.shape
-        e = self.model.num_members
+        e = self.model.num_models
         k = n // e
         perm = None
         if self.prop_type == "TS1":
