@@ -239,58 +239,23 @@ def cmd_check_config(args: argparse.Namespace) -> None:
 
 
 def cmd_pets(args: argparse.Namespace) -> None:
-    """PETS in a gymnasium env: preset + `-ca` + `-o`, then `train_pets`; outputs staged."""
-    from ombrl.models.ensemble import save_ensemble
-    from ombrl.planning import load_pets_config, preset_path, train_pets, write_episodes
-    from ombrl.runtime import code_version, resolve_device, setup
-    from ombrl.tasks import get_task
-    from ombrl.tracking import (
-        CsvLog,
-        mlflow_run,
-        resolve_tracking_uri,
-        staged_directory,
-        write_json,
+    """PETS in a gymnasium env: preset + `-ca` + `-o`, then the online loop; outputs staged."""
+    from ombrl.planning.pets import run_job
+
+    run_job(
+        env_id=args.env,
+        preset=args.preset,
+        controller_args=args.controller_args or [],
+        overrides=args.overrides or [],
+        output=Path(args.output),
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
+        progress=not args.quiet,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_dir=args.checkpoint_dir,
+        tracking_uri=args.tracking_uri,
     )
-
-    get_task(args.env)  # an env without task functions fails before anything else
-    path = preset_path(args.preset, args.env)
-    cfg = load_pets_config(path, args.controller_args or [], args.overrides or [])
-    device = resolve_device(args.device)
-    setup(args.seed, args.threads)
-    settings = cfg.to_dict()
-    checkpoint = _checkpointer(
-        args, {"command": "pets", "env": args.env, "config": settings, "device": device.type}
-    )
-    tags = {"env": args.env, "preset": path.stem, "seed": args.seed}
-    log = CsvLog()
-    uri = resolve_tracking_uri(args.tracking_uri)
-    with mlflow_run(uri, "pets", _run_name(tags), tags, settings) as run:
-
-        def on_row(row: dict) -> None:
-            log.log(row)
-            if run is not None:
-                run.log(row, row["episode"])
-
-        ensemble, result = train_pets(
-            args.env, cfg, args.seed, device, on_row, not args.quiet, checkpoint
-        )
-    meta = {
-        "env": args.env,
-        "preset": str(path),
-        "config": settings,
-        "seed": args.seed,
-        "threads": args.threads,
-        "code_version": code_version(),
-    }
-    with staged_directory(Path(args.output)) as out:
-        save_ensemble(ensemble, out, meta)
-        write_episodes(out / "episodes.hdf5", result.episodes, result.returns)
-        log.write(out / "progress.csv")
-        write_json(out / "returns.json", {**meta, "returns": result.returns})
-    for i, value in enumerate(result.returns, start=1):
-        print(f"iteration {i}: return {value:.1f}")
-    if checkpoint is not None:
-        checkpoint.clear()
 
 
 def _add_pets_parser(sub) -> None:

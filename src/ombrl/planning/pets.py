@@ -28,16 +28,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ombrl.checkpoint import Checkpointer, prefixed, subset
+from ombrl.checkpoint import Checkpointer, job_checkpointer, prefixed, subset
 from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
-from ombrl.models.ensemble import DynamicsEnsemble
+from ombrl.models.ensemble import DynamicsEnsemble, save_ensemble
 from ombrl.models.fit import FitConfig, fit_ensemble
 from ombrl.planning.cem import CEMOptimizer, RandomOptimizer
 from ombrl.planning.mpc import MPCAgent
 from ombrl.planning.propagation import Propagator, planning_model
-from ombrl.planning.settings import PetsConfig
+from ombrl.planning.settings import PetsConfig, load_pets_config, preset_path
+from ombrl.runtime import code_version, resolve_device, setup
 from ombrl.tasks import Task, get_task
+from ombrl.tracking import CsvLog, mlflow_run, resolve_tracking_uri, staged_directory, write_json
 
 EPISODE_KEYS = ("observations", "actions", "rewards")
 
@@ -362,3 +364,61 @@ def write_episodes(path: Path, episodes: list[Episode], returns: list[float]) ->
                 group.create_dataset(key, data=getattr(episode, key))
             group.attrs["terminated"] = episode.terminated
         f.create_dataset("returns", data=np.asarray(returns, dtype=np.float64))
+
+
+def run_job(
+    env_id: str,
+    preset: str | None,
+    controller_args: list[list[str]],
+    overrides: list[list[str]],
+    output: Path,
+    seed: int,
+    threads: int,
+    device: str,
+    progress: bool,
+    checkpoint_every: int,
+    checkpoint_dir: str | None,
+    tracking_uri: str | None,
+) -> None:
+    """One `ombrl pets` job: settings from the preset, `-ca` and `-o`; the online loop with
+    checkpoints at iteration boundaries, an MLflow run and CSV log; outputs written at the end.
+
+    Raises:
+        OmbrlError: an env without task functions or any bad setting, before planning.
+    """
+    get_task(env_id)  # an env without task functions fails before anything else
+    path = preset_path(preset, env_id)
+    cfg = load_pets_config(path, controller_args, overrides)
+    torch_device = resolve_device(device)
+    setup(seed, threads)
+    settings = cfg.to_dict()
+    identity = {"command": "pets", "env": env_id, "config": settings, "device": torch_device.type}
+    checkpoint = job_checkpointer(checkpoint_dir, checkpoint_every, identity, seed, threads, output)
+    tags = {"env": env_id, "preset": path.stem, "seed": seed}
+    log = CsvLog()
+    uri = resolve_tracking_uri(tracking_uri)
+    with mlflow_run(uri, "pets", "/".join(map(str, tags.values())), tags, settings) as run:
+
+        def on_row(row: dict) -> None:
+            log.log(row)
+            if run is not None:
+                run.log(row, row["episode"])
+
+        ensemble, result = train_pets(env_id, cfg, seed, torch_device, on_row, progress, checkpoint)
+    meta = {
+        "env": env_id,
+        "preset": str(path),
+        "config": settings,
+        "seed": seed,
+        "threads": threads,
+        "code_version": code_version(),
+    }
+    with staged_directory(output) as out:
+        save_ensemble(ensemble, out, meta)
+        write_episodes(out / "episodes.hdf5", result.episodes, result.returns)
+        log.write(out / "progress.csv")
+        write_json(out / "returns.json", {**meta, "returns": result.returns})
+    for i, value in enumerate(result.returns, start=1):
+        print(f"iteration {i}: return {value:.1f}")
+    if checkpoint is not None:
+        checkpoint.clear()
