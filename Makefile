@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: study test test-cluster lint clean-venv
+.PHONY: study test test-quick test-cluster lint clean-venv
 
 $(BIN)/ombrl: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ study: $(BIN)/ombrl
 
 test: $(BIN)/ombrl
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m "not slurm"
+
+# The quick loop while editing: the unit tests alone (about a minute), no workflow runs,
+# CLI subprocesses or learning runs (those are marked slow; `make test` runs them too).
+test-quick: $(BIN)/ombrl
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m "not slurm and not slow"
 
 # Brings up a real one-node SLURM cluster (root, Debian: apt installs it), runs the SLURM
 # tests against it and stops it again, whatever the tests say.

@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 OMBRL = str(Path(sys.executable).parent / "ombrl")
 TINY_ENSEMBLE = ["num_models=3", "num_elites=2", "hidden_size=32,32", "fit_epochs=2"]

@@ -13,6 +13,8 @@ from ombrl.data.d4rl import read_hdf5
 from ombrl.models.ensemble import load_ensemble
 from ombrl.models.uncertainty import dataset_statistics, disagreement_scale
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:

@@ -12,6 +12,8 @@ from test_cli import TINY_ENSEMBLE
 
 from ombrl.fingerprint import PACKAGE_DIR, dynamic_imports, job_files, module_file
 
+pytestmark = pytest.mark.slow
+
 # Runs `ombrl ARGS` in-process and, at exit, writes the `ombrl` modules it imported.
 PROBE = """
 import atexit, json, sys
@@ -19,6 +21,7 @@ out = sys.argv[1]
 atexit.register(lambda: json.dump(sorted(m for m in sys.modules if m.startswith("ombrl")),
                                   open(out, "w")))
 from ombrl.cli import main
+
 sys.exit(main(sys.argv[2:]))
 """
 

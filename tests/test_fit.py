@@ -414,6 +414,7 @@ def test_full_dataset_and_calibration_metrics_match_an_independent_computation()
         CPU,
         on_epoch=predict_everything,
         progress=False,
+        track_training=True,
     )
     target = torch.tensor(next_obs)
     std = model.target_std.double()  # normalised space: errors / std, variances / std^2

@@ -17,6 +17,8 @@ from ombrl.methods import Inputs, method_module
 from ombrl.methods import morel as morel_module
 from ombrl.training.loop import Evaluation
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def dataset():

@@ -17,6 +17,8 @@ from ombrl.models.ensemble import DynamicsEnsemble
 from ombrl.models.fit import FitConfig, fit_ensemble
 from ombrl.tracking import CsvLog
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks/ensemble_loss.ipynb"
 PAPERMILL = Path(sys.executable).parent / "papermill"

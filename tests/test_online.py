@@ -12,6 +12,8 @@ from ombrl.methods import Inputs
 from ombrl.methods.sac import train
 from ombrl.training.loop import Evaluation
 
+pytestmark = pytest.mark.slow
+
 
 def test_solves_pendulum_within_a_fixed_budget() -> None:
     """1000 random steps, then 6000 steps with one update each: from about -1400 (the untrained

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ombrl.agents.bc import BC, BCConfig
+from ombrl.agents.npg import NPGConfig
 from ombrl.agents.sac import SAC, SACConfig
 from ombrl.config import SCHEMA, build, resolve_mode
 from ombrl.data.dataset import Dataset
@@ -153,13 +154,14 @@ def test_bc_loop_evaluates_at_start_every_interval_and_end(dataset) -> None:
 
 def test_every_method_resolves_to_configs_of_the_schema_vocabulary() -> None:
     """Every registered method's section exists, and its defaults build its dataclasses."""
+    agents = {"bc": BCConfig, "sac": SACConfig, "morel": NPGConfig}
     for name, spec in METHODS.items():
         assert spec.section in SCHEMA["$defs"], name
         params = {"ensemble": "pnn"} if spec.needs_ensemble else {}
         cfg = settings(name, **params)
-        assert cfg["steps"] >= 1
-        build(BCConfig if name == "bc" else SACConfig, cfg)
-        if spec.needs_ensemble:
+        assert cfg["iterations" if spec.module == "morel" else "steps"] >= 1
+        build(agents[spec.module], cfg)
+        if spec.module == "sac" and spec.needs_ensemble:
             build(RolloutConfig, cfg)
     upstream = {  # the defaults DESIGN.md names: MOPO's and offline-model-based-rl's choices
         "aleatoric-penalty": ("max_norm", "sampled"),

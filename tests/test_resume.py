@@ -24,6 +24,8 @@ from ombrl.checkpoint import Checkpointer, checkpoint_root, job_key
 from ombrl.cli import main
 from ombrl.data.collect import collect
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 OMBRL = str(Path(sys.executable).parent / "ombrl")
 ENSEMBLE_PARAMS = [

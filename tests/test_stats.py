@@ -28,6 +28,7 @@ from ombrl.stats import (
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MODES = {"bc": 30.0, "mopo-l5": 70.0, "sac": 5.0}  # mode: final level of its synthetic curve
+METHOD_OF = {"bc": "bc", "mopo-l5": "aleatoric-penalty", "sac": "sac"}
 DATASETS = {"hopper-medium-v2": 0.0, "walker2d-medium-v2": 10.0}  # dataset: shift of the levels
 
 
@@ -48,6 +49,7 @@ def scores_table(seeds: int = 3, seed: int = 0) -> pd.DataFrame:
                         {
                             "dataset": dataset,
                             "mode": mode,
+                            "method": METHOD_OF[mode],
                             "seed": s,
                             "step": step,
                             "return": 30 * score - 20,
@@ -389,10 +391,7 @@ def test_performance_profile_notebook_draws_every_mode(tmp_path, tables):
 
 def test_a_method_column_is_carried_beside_the_mode():
     # scores.csv gains `method` after `mode` (a mode is the user's entry name, e.g. mopo-l5).
-    table = scores_table(2)
-    table.insert(2, "method", table["mode"].map({"bc": "bc", "mopo-l5": "aleatoric-penalty"}))
-    table["method"] = table["method"].fillna("sac")
-    final = final_scores(table)
+    final = final_scores(scores_table(2))
     assert list(final.columns[:3]) == ["dataset", "mode", "method"]
     summary = aggregates(final).set_index("mode")
     assert summary.loc["mopo-l5", "method"] == "aleatoric-penalty"

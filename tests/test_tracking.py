@@ -9,6 +9,8 @@ from mlflow.tracking import MlflowClient
 
 from ombrl.tracking import CsvLog, init_store, mlflow_run, resolve_tracking_uri
 
+pytestmark = pytest.mark.slow
+
 WRITERS = 4
 ROWS = 40
 

@@ -15,6 +15,8 @@ from study_runner import copy_workflow, scheduled, snakemake
 from ombrl.config import load_study, read_yaml
 from ombrl.methods import METHODS
 
+pytestmark = pytest.mark.slow
+
 TINY = load_study(read_yaml(Path(".test/config_tiny/config.yaml")), "tiny")
 # The tiny study's mode entries: every method once under its own name, and `mopo-l5`, a second
 # entry of aleatoric-penalty with another lambda.

@@ -154,5 +154,7 @@ def get_final_output():
         f"results/figures/{f}.pdf"
         for f in ("avg_return", "final_scores", "performance_profile")
     ]
-    figures += [f"results/figures/{d}/ensemble_loss.pdf" for d in DATASETS if ensembles_on(d)]
+    figures += [
+        f"results/figures/{d}/ensemble_loss.pdf" for d in DATASETS if ensembles_on(d)
+    ]
     return ["results/scores.csv", *figures]
