@@ -130,3 +130,19 @@ class Inputs:
     progress: bool
     checkpoint: Checkpointer | None = None
     warmup: int | None = None
+
+    def require_ensemble(self, method: str) -> DynamicsEnsemble:
+        """The ensemble, for a method that needs one, after checking it fits the dataset.
+
+        Raises:
+            OmbrlError: no ensemble, or one of other dimensions than the dataset's.
+        """
+        ensemble, dataset = self.ensemble, self.dataset
+        if ensemble is None:
+            raise OmbrlError(f"method {method} needs a trained ensemble")
+        if (ensemble.obs_dim, ensemble.act_dim) != (dataset.obs_dim, dataset.act_dim):
+            raise OmbrlError(
+                f"ensemble dimensions ({ensemble.obs_dim}, {ensemble.act_dim}) do not match the "
+                f"dataset's ({dataset.obs_dim}, {dataset.act_dim})"
+            )
+        return ensemble

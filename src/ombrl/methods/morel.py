@@ -57,8 +57,13 @@ def train(method: str, cfg: dict, inputs: Inputs, on_eval: Callable[[dict], None
     Raises:
         OmbrlError: no ensemble, one of other dimensions, or j-morel without elites.
     """
-    dataset, ensemble, device, seed = inputs.dataset, inputs.ensemble, inputs.device, inputs.seed
-    check_ensemble(method, ensemble, dataset)
+    dataset, device, seed = inputs.dataset, inputs.device, inputs.seed
+    ensemble = inputs.require_ensemble(method)
+    if method == "j-morel" and len(ensemble.elites) >= ensemble.num_models:
+        raise OmbrlError(
+            f"j-morel needs an ensemble with elites (num_elites below num_models), this one "
+            f"uses all {ensemble.num_models} members"
+        )
     torch.manual_seed(seed)
     generator = torch.Generator(device).manual_seed(seed)
     scaled = partial(
@@ -92,22 +97,6 @@ def train(method: str, cfg: dict, inputs: Inputs, on_eval: Callable[[dict], None
         checkpoint=inputs.checkpoint,
     )
     return agent
-
-
-def check_ensemble(method: str, ensemble: DynamicsEnsemble | None, dataset: Dataset) -> None:
-    """The ensemble exists, fits the dataset, and (j-morel) has elites among its members."""
-    if ensemble is None:
-        raise OmbrlError(f"method {method} needs a trained ensemble")
-    if (ensemble.obs_dim, ensemble.act_dim) != (dataset.obs_dim, dataset.act_dim):
-        raise OmbrlError(
-            f"ensemble dimensions ({ensemble.obs_dim}, {ensemble.act_dim}) do not match the "
-            f"dataset's ({dataset.obs_dim}, {dataset.act_dim})"
-        )
-    if method == "j-morel" and len(ensemble.elites) >= ensemble.num_models:
-        raise OmbrlError(
-            f"j-morel needs an ensemble with elites (num_elites below num_models), this one "
-            f"uses all {ensemble.num_models} members"
-        )
 
 
 def start_states(dataset: Dataset, device: torch.device) -> Tensor:

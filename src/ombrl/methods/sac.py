@@ -25,7 +25,6 @@ import torch
 from ombrl.agents.buffer import ReplayBuffer
 from ombrl.agents.sac import SAC, SACConfig
 from ombrl.config import build
-from ombrl.errors import OmbrlError
 from ombrl.methods import Inputs
 from ombrl.models.pessimism import (
     PartitionRule,
@@ -92,15 +91,8 @@ def _rollout_sampler(
     real: ReplayBuffer,
     generator: torch.Generator,
 ) -> RolloutSampler:
-    """The model-based batch source, after checking the ensemble fits the dataset."""
-    dataset, ensemble = inputs.dataset, inputs.ensemble
-    if ensemble is None:
-        raise OmbrlError(f"method {method} needs a trained ensemble")
-    if (ensemble.obs_dim, ensemble.act_dim) != (dataset.obs_dim, dataset.act_dim):
-        raise OmbrlError(
-            f"ensemble dimensions ({ensemble.obs_dim}, {ensemble.act_dim}) do not match the "
-            f"dataset's ({dataset.obs_dim}, {dataset.act_dim})"
-        )
+    """The model-based batch source (the ensemble checked against the dataset)."""
+    dataset, ensemble = inputs.dataset, inputs.require_ensemble(method)
     rule_cls, kind = PESSIMISM[method]
     rule = None if rule_cls is None else build(rule_cls, {"uncertainty": kind, **cfg})
     task = get_task(dataset.env_id)

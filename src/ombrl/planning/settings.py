@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from ombrl.config import read_yaml
 from ombrl.errors import OmbrlError
 from ombrl.planning.propagation import check_types
 
@@ -162,14 +163,7 @@ def preset_path(preset: str | None, env_id: str) -> Path:
 
 
 def _read_preset(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise OmbrlError(f"{path}: no such preset file") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise OmbrlError(f"{path}: not valid YAML{where}") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise OmbrlError(f"{path}: must be a mapping of PETS keys")
     return data
