@@ -115,15 +115,15 @@ def test_morel_from_the_cli(tmp_path) -> None:
         "--transitions", "1200", "--seed", "3", "--output", str(data), "--quiet",
     ).returncode == 0  # fmt: skip
     assert train_tiny_ensemble(data, tmp_path / "ens").returncode == 0
-    params = ["iterations=3", "paths=4", "horizon=20", "eval_every=1", "hidden_size=8"]
+    params = ["iterations=3", "paths=4", "horizon=20", "hidden_size=8"]
     result = ombrl(
         "train-policy", "--dataset", str(data), "--mode", "j-morel", "--name", "jm-small",
         "--ensemble", str(tmp_path / "ens"), "--params", *params, "--eval-episodes", "1",
-        "--output", str(tmp_path / "pol"), "--quiet",
+        "--track-eval", "--output", str(tmp_path / "pol"), "--quiet",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     progress = pd.read_csv(tmp_path / "pol/progress.csv")
-    assert list(progress["step"]) == [0, 1, 2, 3]
+    assert list(progress["step"]) == [0, 1, 2, 3]  # --track-eval: every iteration
     assert set(progress["mode"]) == {"jm-small"} and set(progress["method"]) == {"j-morel"}
     assert progress["normalized_score"].notna().all()
     bad = ombrl(
@@ -132,3 +132,8 @@ def test_morel_from_the_cli(tmp_path) -> None:
     )  # fmt: skip
     assert_user_error(bad, "horizon: 0 is less than the minimum of 1")
     assert not (tmp_path / "bad").exists()
+    bc = ombrl(
+        "train-policy", "--dataset", str(data), "--mode", "bc", "--track-eval",
+        "--output", str(tmp_path / "bad"),
+    )  # fmt: skip
+    assert_user_error(bc, "--track-eval: for methods evaluated per iteration, not bc")

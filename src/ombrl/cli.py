@@ -93,12 +93,16 @@ def cmd_train_ensemble(args: argparse.Namespace) -> None:
 def cmd_train_policy(args: argparse.Namespace) -> None:
     """Offline (`--dataset`, any method) or online (`--env`, SAC acting in the environment)."""
     from ombrl import policies
-    from ombrl.config import parse_params, resolve_mode
+    from ombrl.config import parse_params, resolve_mode, section_properties
     from ombrl.methods import method_spec
     from ombrl.training.loop import Evaluation
 
     spec = method_spec(args.mode)
     params = parse_params(args.params, spec.section)
+    if args.track_eval:  # J-MOReL's habit: evaluate in the real environment every iteration
+        if "eval_every" not in section_properties(SCHEMA["$defs"][spec.section]):
+            raise OmbrlError(f"--track-eval: for methods evaluated per iteration, not {spec.name}")
+        params["eval_every"] = 1
     if spec.needs_ensemble and args.ensemble is not None:
         params["ensemble"] = str(args.ensemble)
     if not spec.needs_ensemble or args.ensemble is not None:
@@ -394,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", help="folder of a trained ensemble (model-based modes)")
     p.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--eval-every", type=int, default=1000, help="updates between evaluations")
+    p.add_argument(
+        "--track-eval",
+        "--track_eval",
+        action="store_true",
+        dest="track_eval",
+        help="NPG methods (morel, j-morel): evaluate every iteration (params eval_every=1)",
+    )
     p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--eval-seed", type=int, default=100000, help="first evaluation env seed")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
