@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def behaviour_command(output: Path, checkpoints: Path, every: int = 300) -> list[str]:
     params = [f"{k}={v}" for k, v in SETTINGS.items()]
     return [
-        sys.executable, "-m", "ombrl.cli", "behaviour", "--env", ENV, "--seed", "3",
+        sys.executable, "-m", "ombrl.cli", "behaviour", "--env", ENV, "--seed", "0",
         "--params", *params, "--output", str(output), "--checkpoint-every", str(every),
         "--checkpoint-dir", str(checkpoints), "--quiet",
     ]  # fmt: skip
