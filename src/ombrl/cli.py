@@ -56,7 +56,7 @@ def cmd_behaviour(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from ombrl.data.generate import generate
 
-    generate(
+    path = generate(
         behaviour=Path(args.behaviour),
         quality=args.quality,
         transitions=args.transitions,
@@ -64,6 +64,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         output=Path(args.output),
         medium_return=args.medium_return,
     )
+    if not args.quiet:
+        print(f"ombrl: wrote {args.quality} to {path}", file=sys.stderr)
 
 
 def cmd_dataset_fetch(args: argparse.Namespace) -> None:
@@ -395,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--medium-return", type=float, help="medium's target (default: a third of the task's max)"
     )
     p.add_argument("--output", required=True, help="HDF5 file to write")
+    p.add_argument("--quiet", action="store_true", help="no closing message")
     p.set_defaults(func=cmd_generate)
 
     dataset = sub.add_parser("dataset", help="fetch or inspect datasets")

@@ -73,9 +73,9 @@ rule behaviour:
         behaviour=names_pattern(
             {behaviour_name(DATASETS[d]) for d in datasets_from("generate")}
         ),
-    threads: 1
     conda:
         "../../envs/ombrl.yaml"
+    threads: 1
     params:
         code=code("behaviour"),
         spec=lambda w: behaviour_spec(w.behaviour),
