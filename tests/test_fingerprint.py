@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,9 @@ def imported_by(tmp_path: Path, *args: str) -> list[str]:
         capture_output=True,
         text=True,
         timeout=300,
-        env={"MLFLOW_TRACKING_URI": "none", "PATH": "/usr/bin:/bin"},
+        # PYTHONPATH kept: a worktree's sources must win over an editable install elsewhere.
+        env={"MLFLOW_TRACKING_URI": "none", "PATH": "/usr/bin:/bin"}
+        | {k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(out.read_text())
@@ -102,3 +105,14 @@ def test_an_unknown_stage_is_an_error(stage):
 
     with pytest.raises(OmbrlError, match="stage: 'nope' is not one of"):
         job_files(stage)
+
+
+def test_behaviour_and_generate_jobs_are_in_their_stage_fingerprints(tmp_path):
+    run = tmp_path / "run"
+    behaviour = ["behaviour", "--env", "InvertedPendulum-v5", "--params", "env_steps=200",
+                 "warmup=64", "batch_size=64", "snapshot_every=100", "hidden_size=8",
+                 "eval_episodes=1", "--output", str(run), "--checkpoint-every", "0"]  # fmt: skip
+    assert_covered(imported_by(tmp_path, *behaviour), "behaviour")
+    generate = ["generate", "--behaviour", str(run), "--quality", "random", "--transitions",
+                "50", "--output", str(tmp_path / "r.hdf5")]  # fmt: skip
+    assert_covered(imported_by(tmp_path, *generate), "generate")

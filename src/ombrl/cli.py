@@ -35,6 +35,39 @@ def cmd_collect(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_behaviour(args: argparse.Namespace) -> None:
+    from ombrl.config import SCHEMA as schema
+    from ombrl.config import build, parse_params, validate
+    from ombrl.data import behaviour
+
+    params = parse_params(args.params, "behaviour")
+    cfg = validate(params, "--params", schema["$defs"]["behaviour"])
+    behaviour.run(
+        env_id=args.env,
+        seed=args.seed,
+        cfg=build(behaviour.BehaviourConfig, cfg),
+        output=Path(args.output),
+        threads=args.threads,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_dir=args.checkpoint_dir,
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from ombrl.data.generate import generate
+
+    path = generate(
+        behaviour=Path(args.behaviour),
+        quality=args.quality,
+        transitions=args.transitions,
+        ref_scores=args.ref_scores,
+        output=Path(args.output),
+        medium_return=args.medium_return,
+    )
+    if not args.quiet:
+        print(f"ombrl: wrote {args.quality} to {path}", file=sys.stderr)
+
+
 def cmd_dataset_fetch(args: argparse.Namespace) -> None:
     from ombrl.data.d4rl import data_dir, download, parse_name
 
@@ -346,6 +379,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="HDF5 file to write")
     _add_run_flags(p)
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser(
+        "behaviour", help="train the online SAC behaviour run that generated datasets come from"
+    )
+    p.add_argument("--env", required=True, help="gymnasium MuJoCo id, e.g. Hopper-v5")
+    p.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE", help="$defs.behaviour")
+    p.add_argument("--output", required=True, help="folder for snapshots and replay.hdf5")
+    _add_checkpoint_flags(p, every=10000, unit="env steps (saved at the next episode end)")
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_behaviour)
+
+    p = sub.add_parser("generate", help="write a D4RL quality of a behaviour run")
+    p.add_argument("--behaviour", required=True, help="folder written by `ombrl behaviour`")
+    p.add_argument(
+        "--quality", required=True, help="random | medium | medium-replay | expert | medium-expert"
+    )
+    p.add_argument("--transitions", type=int, help="rows per part (not for medium-replay)")
+    p.add_argument("--ref-scores", default="task", help="task (D4RL's constants) | own")
+    p.add_argument(
+        "--medium-return", type=float, help="medium's target (default: a third of the task's max)"
+    )
+    p.add_argument("--output", required=True, help="HDF5 file to write")
+    p.add_argument("--quiet", action="store_true", help="no closing message")
+    p.set_defaults(func=cmd_generate)
 
     dataset = sub.add_parser("dataset", help="fetch or inspect datasets")
     dsub = dataset.add_subparsers(dest="dataset_command", required=True)

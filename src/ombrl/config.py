@@ -226,12 +226,26 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
         _resolve_modes(study.get("modes") if isinstance(study, dict) else None, source, problems)
         lines = [line for problem in problems for line in problem.splitlines()]
         raise OmbrlError("\n".join(dict.fromkeys(lines))) from None
+    behaviours: dict[str, tuple[str, dict]] = {}
     for name, spec in study["datasets"].items():
-        if spec["source"] == "d4rl":
+        if spec["source"] == "generate":
             try:
-                parse_name(name)
+                validate(
+                    spec.setdefault("behaviour", {}),
+                    source,
+                    SCHEMA["$defs"]["behaviour"],
+                    f"datasets.{name}.behaviour",
+                )
             except OmbrlError as e:
-                problems.append(f"{source}: datasets.{name}: {e}")
+                problems.append(str(e))
+                continue
+        try:
+            if spec["source"] == "d4rl":
+                parse_name(name)
+            elif spec["source"] == "generate":
+                _resolve_generated(name, spec, behaviours)
+        except OmbrlError as e:
+            problems.append(f"{source}: datasets.{name}: {e}")
     resolved = {}
     for name, entry in study["ensembles"].items():
         path = root / ENSEMBLE_CONFIG_DIR / f"{entry['config']}.yaml"
@@ -282,6 +296,28 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
     study["ensembles"] = resolved
     study["modes"] = modes
     return study
+
+
+def _resolve_generated(name: str, spec: dict, behaviours: dict[str, tuple[str, dict]]) -> None:
+    """Fill a generated dataset's `ref_scores` default and check the request (its `behaviour`
+    already validated) before any job runs; datasets sharing a behaviour run (same env and
+    seed) must agree on its settings, since one job makes them all.
+
+    Raises:
+        OmbrlError: the first problem (`ombrl.data.generate.check_request`, or a conflict).
+    """
+    from ombrl.data.behaviour import BehaviourConfig
+    from ombrl.data.generate import behaviour_name, check_request
+
+    spec.setdefault("ref_scores", "task")
+    check_request(spec, build(BehaviourConfig, spec["behaviour"]))
+    run = behaviour_name(spec)
+    first, settings = behaviours.setdefault(run, (name, spec["behaviour"]))
+    if settings != spec["behaviour"]:
+        raise OmbrlError(
+            f"behaviour: differs from datasets.{first}.behaviour, but both come from the "
+            f"one behaviour run {run} (same env and seed): make them equal or change seed"
+        )
 
 
 def _resolve_modes(entries: object, source: str, problems: list[str]) -> dict:

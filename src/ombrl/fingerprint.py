@@ -31,6 +31,8 @@ PACKAGE_DIR = Path(__file__).parent
 STAGE_MODULES = {
     "download": "ombrl.data.d4rl",
     "collect": "ombrl.data.collect",
+    "behaviour": "ombrl.data.behaviour",
+    "generate": "ombrl.data.generate",
     "ensemble": "ombrl.ensembles",
     "policy": "ombrl.policies",
     "scores": "ombrl.scores",

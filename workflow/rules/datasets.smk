@@ -37,3 +37,68 @@ rule collect_dataset:
         "ombrl collect --env {params.spec[env]} --policy {params.spec[policy]}"
         " --transitions {params.spec[transitions]} --seed {params.spec[seed]}"
         " --output {output} --quiet > {log} 2>&1"
+
+
+# Generated datasets: one behaviour run (online SAC) per task and behaviour seed, shared by
+# every quality cut from it.
+
+
+def generated(w):
+    return DATASETS[w.dataset]
+
+
+def generate_flags(w):
+    spec = generated(w)
+    flags = f"--quality {spec['quality']} --ref-scores {spec['ref_scores']}"
+    if "transitions" in spec:
+        flags += f" --transitions {spec['transitions']}"
+    if "medium_return" in spec:
+        flags += f" --medium-return {spec['medium_return']}"
+    return flags
+
+
+def behaviour_spec(name):
+    """The settings of behaviour run `name` (equal in every dataset naming it: load_study)."""
+    return next(
+        s for d in datasets_from("generate") if behaviour_name(s := DATASETS[d]) == name
+    )
+
+
+rule behaviour:
+    output:
+        directory("resources/behaviour/{behaviour}"),
+    log:
+        "logs/behaviour/{behaviour}.log",
+    wildcard_constraints:
+        behaviour=names_pattern(
+            {behaviour_name(DATASETS[d]) for d in datasets_from("generate")}
+        ),
+    conda:
+        "../../envs/ombrl.yaml"
+    threads: 1
+    params:
+        code=code("behaviour"),
+        spec=lambda w: behaviour_spec(w.behaviour),
+        settings=lambda w: as_params(behaviour_spec(w.behaviour)["behaviour"]),
+    shell:
+        "ombrl behaviour --env {params.spec[env]} --seed {params.spec[seed]}"
+        " --params {params.settings} --threads {threads} --output {output} --quiet"
+        " > {log} 2>&1"
+
+
+rule generate_dataset:
+    input:
+        lambda w: f"resources/behaviour/{behaviour_name(generated(w))}",
+    output:
+        "resources/datasets/{dataset}.hdf5",
+    log:
+        "logs/datasets/{dataset}.log",
+    wildcard_constraints:
+        dataset=names_pattern(datasets_from("generate")),
+    conda:
+        "../../envs/ombrl.yaml"
+    params:
+        code=code("generate"),
+        flags=generate_flags,
+    shell:
+        "ombrl generate --behaviour {input} {params.flags} --output {output} > {log} 2>&1"

@@ -101,7 +101,7 @@ def collect(
         "ref_episodes": ref_episodes,
         "code_version": __version__,
     }
-    _write(Path(path), arrays, {k: v for k, v in metadata.items() if v is not None})
+    write_hdf5(Path(path), arrays, {k: v for k, v in metadata.items() if v is not None})
     return Path(path)
 
 
@@ -192,7 +192,7 @@ def reference_scores(env_id: str, ref_episodes: int) -> tuple[float, float | Non
     return ref_min, None, None
 
 
-def _write(path: Path, arrays: dict[str, np.ndarray], metadata: dict) -> None:
+def write_hdf5(path: Path, arrays: dict[str, np.ndarray], metadata: dict) -> None:
     """Write the file under a temporary name in the same folder, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
