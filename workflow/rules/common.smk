@@ -150,6 +150,28 @@ def ensemble_loss_params(w, output):
     return shlex.quote(json.dumps(parameters))
 
 
+# Generated datasets: the behaviour run each is cut from, and the `ombrl generate` flags.
+def generated(w):
+    return DATASETS[w.dataset]
+
+
+def generate_flags(w):
+    spec = generated(w)
+    flags = f"--quality {spec['quality']} --ref-scores {spec['ref_scores']}"
+    if "transitions" in spec:
+        flags += f" --transitions {spec['transitions']}"
+    if "medium_return" in spec:
+        flags += f" --medium-return {spec['medium_return']}"
+    return flags
+
+
+def behaviour_spec(name):
+    """The settings of behaviour run `name` (equal in every dataset naming it: load_study)."""
+    return next(
+        s for d in datasets_from("generate") if behaviour_name(s := DATASETS[d]) == name
+    )
+
+
 def get_final_output():
     figures = [
         f"results/figures/{f}.pdf"

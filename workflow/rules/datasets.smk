@@ -43,27 +43,6 @@ rule collect_dataset:
 # every quality cut from it.
 
 
-def generated(w):
-    return DATASETS[w.dataset]
-
-
-def generate_flags(w):
-    spec = generated(w)
-    flags = f"--quality {spec['quality']} --ref-scores {spec['ref_scores']}"
-    if "transitions" in spec:
-        flags += f" --transitions {spec['transitions']}"
-    if "medium_return" in spec:
-        flags += f" --medium-return {spec['medium_return']}"
-    return flags
-
-
-def behaviour_spec(name):
-    """The settings of behaviour run `name` (equal in every dataset naming it: load_study)."""
-    return next(
-        s for d in datasets_from("generate") if behaviour_name(s := DATASETS[d]) == name
-    )
-
-
 rule behaviour:
     output:
         directory("resources/behaviour/{behaviour}"),
