@@ -179,6 +179,7 @@ def cmd_scores(args: argparse.Namespace) -> None:
         final_scores,
         final_scores_markdown,
         gather,
+        runs_table,
     )
 
     table = gather([Path(p) for p in args.progress])
@@ -194,6 +195,8 @@ def cmd_scores(args: argparse.Namespace) -> None:
     outputs = [(args.output, table, None), (args.final, final, final_scores_markdown(final))]
     if args.aggregates:
         outputs.append((args.aggregates, summary, aggregates_markdown(summary)))
+    if args.runs:
+        outputs.append((args.runs, runs_table([Path(p) for p in args.progress]), None))
     for path, frame, markdown in outputs:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(path, index=False)
@@ -232,6 +235,20 @@ def cmd_check_config(args: argparse.Namespace) -> None:
         f"{args.config}: valid ({jobs} dataset x seed combinations, modes: "
         f"{', '.join(study['modes'])})"
     )
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from ombrl.plan import DEFAULT_CALIBRATION, calibrate, format_plan, plan
+
+    calibration = Path(args.calibration) if args.calibration else DEFAULT_CALIBRATION
+    if args.calibrate:
+        document = calibrate(calibration)
+        print(f"{calibration}: {json.dumps(document['units'], sort_keys=True)}")
+    if args.configfile:
+        rows = plan(Path(args.configfile), calibration, extra=args.snakemake_args or [])
+        print(format_plan(rows, Path(args.configfile)))
+    elif not args.calibrate:
+        raise OmbrlError("plan: give --configfile STUDY (and/or --calibrate)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,6 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final", required=True, help="final score per dataset and mode (+ .md)")
     p.add_argument("--aggregates", help="IQM, optimality gap, P(improvement) per mode (+ .md)")
     p.add_argument(
+        "--runs",
+        help="per run: output folder, MLflow run id, code version (read from policy.json)",
+    )
+    p.add_argument(
         "--last-k",
         type=int,
         default=1,
@@ -471,6 +492,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a study config against the schema")
     p.add_argument("config", help="study YAML, e.g. config/config.yaml")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("plan", help="jobs per rule and their estimated cost, before a run")
+    p.add_argument("--configfile", help="the study, as given to snakemake")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure the per-unit costs on this machine first (about 15 s)",
+    )
+    p.add_argument(
+        "--calibration", help="calibration JSON (default: ~/.cache/ombrl/calibration.json)"
+    )
+    p.add_argument(
+        "--snakemake-args",
+        nargs="*",
+        metavar="ARG",
+        help="more arguments for the dry run, e.g. --profile profiles/slurm",
+    )
+    p.set_defaults(func=cmd_plan)
 
     _add_pets_parser(sub)
     return parser
