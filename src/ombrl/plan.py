@@ -22,6 +22,7 @@ import resource
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -194,7 +195,7 @@ def _startup() -> float:
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def calibrate(path: Path = DEFAULT_CALIBRATION, budget: float = 0.7) -> dict:
+def calibrate(path: Path = DEFAULT_CALIBRATION, budget: float = 0.3) -> dict:
     """Measure the per-unit costs on this machine (one torch thread) and store them as JSON.
 
     Each unit runs for about `budget` CPU seconds at each of its two sizes (about 10 budgets
@@ -304,7 +305,9 @@ def dataset_info(name: str, spec: dict, workdir: Path) -> DatasetInfo:
             transitions = handle["observations"].shape[0]
     if transitions is None:
         raise OmbrlError(f"datasets.{name}: unknown size; download it first ({path})")
-    env = gym.make(env_id)
+    with warnings.catch_warnings():  # D4RL's -v4 ids are deprecated, and used on purpose
+        warnings.simplefilter("ignore")
+        env = gym.make(env_id)
     info = DatasetInfo(
         int(transitions),
         env.observation_space.shape[0],
@@ -452,13 +455,18 @@ def plan(
     return [RulePlan(r, n, seconds[r] / 3600, gpu[r] / 3600) for r, n in counts.items()]
 
 
+def _hours(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def format_plan(rows: list[RulePlan], configfile: Path) -> str:
-    total = RulePlan("total", sum(r.jobs for r in rows), sum(r.cpu_hours for r in rows), 0.0)
-    total.gpu_hours = sum(r.gpu_hours for r in rows)
+    """The plan as a table: jobs and hours per rule, then the total."""
+    jobs = sum(r.jobs for r in rows)
+    total = RulePlan("total", jobs, sum(r.cpu_hours for r in rows), sum(r.gpu_hours for r in rows))
     gpu = total.gpu_hours > 0
     header = f"{'rule':<28}{'jobs':>6}{'CPU-hours':>12}" + (f"{'GPU-hours':>12}" if gpu else "")
     lines = [f"plan of {configfile} (single-thread CPU time, from the calibration)", header]
     for r in [*rows, total]:
-        line = f"{r.rule:<28}{r.jobs:>6}{r.cpu_hours:>12.3g}"
-        lines.append(line + (f"{r.gpu_hours:>12.3g}" if gpu else ""))
+        line = f"{r.rule:<28}{r.jobs:>6}{_hours(r.cpu_hours):>12}"
+        lines.append(line + (f"{_hours(r.gpu_hours):>12}" if gpu else ""))
     return "\n".join(lines)
