@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -238,14 +239,14 @@ def cmd_check_config(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from ombrl.plan import DEFAULT_CALIBRATION, calibrate, format_plan, plan
+    from ombrl.plan import DEFAULT_CALIBRATION, calibrate, format_calibration, format_plan, plan
 
     calibration = Path(args.calibration) if args.calibration else DEFAULT_CALIBRATION
     if args.calibrate:
-        document = calibrate(calibration)
-        print(f"{calibration}: {json.dumps(document['units'], sort_keys=True)}")
+        print(format_calibration(calibrate(calibration)["units"], calibration))
     if args.configfile:
-        rows = plan(Path(args.configfile), calibration, extra=args.snakemake_args or [])
+        extra = shlex.split(args.snakemake_args or "")
+        rows = plan(Path(args.configfile), calibration, extra=extra)
         print(format_plan(rows, Path(args.configfile)))
     elif not args.calibrate:
         raise OmbrlError("plan: give --configfile STUDY (and/or --calibrate)")
@@ -505,9 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--snakemake-args",
-        nargs="*",
-        metavar="ARG",
-        help="more arguments for the dry run, e.g. --profile profiles/slurm",
+        metavar="ARGS",
+        help="more arguments for the dry run, one string: --snakemake-args='--profile "
+        "profiles/slurm' (its GPU requests become the GPU-hours column)",
     )
     p.set_defaults(func=cmd_plan)
 

@@ -455,6 +455,16 @@ def plan(
     return [RulePlan(r, n, seconds[r] / 3600, gpu[r] / 3600) for r, n in counts.items()]
 
 
+def format_calibration(units: dict, path: Path) -> str:
+    """The calibration as a table: each unit's fixed cost per call and its cost per GFLOP."""
+    lines = [f"calibration stored in {path} (CPU seconds, one thread)"]
+    lines.append(f"{'unit':<16}{'per call':>12}{'per GFLOP':>12}")
+    for name, figure in sorted(units.items()):
+        per_gflop = figure["per_flop_s"] * 1e9
+        lines.append(f"{name:<16}{figure['overhead_s']:>12.3g}{per_gflop:>12.3g}")
+    return "\n".join(lines)
+
+
 def _hours(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
