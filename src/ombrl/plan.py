@@ -9,7 +9,10 @@ the start-up of an `ombrl` process. Each unit is timed at a small and a large si
 as `seconds = overhead + per_flop * flops`, so a job's cost scales with its networks, batch
 sizes, epochs, steps and dataset size. The costs are single-thread CPU seconds; evaluation
 episodes are priced at the environment's full episode length, and an ensemble's `fit_epochs`
-in full (early stopping ends sooner), so the plan is an upper bound on those parts.
+in full (early stopping ends sooner), so the plan is an upper bound on those parts. Like the
+dry run, it counts only the jobs still to run: a finished study plans nothing. GPU-hours are
+the same estimates for the jobs whose resources ask for a GPU (a profile's `gpu: 1`): with a
+calibration made on CPU, they are the hours those jobs would take on CPU, an upper bound.
 """
 
 from __future__ import annotations
@@ -33,17 +36,16 @@ from ombrl.errors import OmbrlError
 
 #: Where `calibrate` stores its figures unless told otherwise.
 DEFAULT_CALIBRATION = Path.home() / ".cache" / "ombrl" / "calibration.json"
-#: Rows of the D4RL v2 MuJoCo files (published sizes), for a plan made before the download.
+#: Rows of the D4RL v2 MuJoCo files (published sizes, medium-expert rounded up), for a plan
+#: made before the download; a dataset not listed must be downloaded first.
 D4RL_SIZES = {
     "random": 1_000_000,
     "medium": 1_000_000,
     "expert": 1_000_000,
-    "full-replay": 1_000_000,
     "medium-expert": 2_000_000,
     ("hopper", "medium-replay"): 402_000,
     ("halfcheetah", "medium-replay"): 202_000,
     ("walker2d", "medium-replay"): 302_000,
-    ("ant", "medium-replay"): 302_000,
 }
 #: Units `calibrate` measures (name -> what one unit is).
 UNITS = {
@@ -53,7 +55,7 @@ UNITS = {
     "model_step": "one batched ensemble prediction (a rollout or path step)",
     "env_step": "one environment step with a policy forward",
 }
-#: The small and the large size each unit is timed at (flops of one call).
+#: Observation and action sizes the units are timed at (HalfCheetah's, Walker2d's).
 _OBS, _ACT = 17, 6
 
 
@@ -278,6 +280,8 @@ def dry_run_jobs(configfile: Path, workdir: Path = Path("."), extra: list[str] =
 
 @dataclass
 class DatasetInfo:
+    """What a job's cost depends on in a dataset: its size, dimensions and episode limit."""
+
     transitions: int
     obs: int
     act: int
