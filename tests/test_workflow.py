@@ -89,6 +89,9 @@ def test_the_report_holds_the_figure_and_the_score_table(study):
         "final_scores.csv",
         "Final normalized score",
         "Normalized score",
+        "aggregates.csv",
+        "runs.csv",
+        "Where every number comes from",
     ):
         assert name in html, name
 
@@ -106,6 +109,31 @@ def test_a_policy_parameter_reruns_only_policies_scores_and_figures(study):
     result = run(study, "--configfile", "changed.yaml", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert scheduled(result) == {"train_policy": 1, "scores": 1, **FIGURES}
+
+
+def test_the_runs_table_leads_every_score_to_its_folder_and_mlflow_run(study):
+    from mlflow.tracking import MlflowClient
+
+    scores = pd.read_csv(study / "results/scores.csv")
+    runs = pd.read_csv(study / "results/tables/runs.csv", keep_default_na=False)
+    joined = scores.merge(runs, on=["dataset", "mode", "seed"], how="left", validate="m:1")
+    assert joined["output"].notna().all()
+    client = MlflowClient(tracking_uri=f"sqlite:///{study}/results/mlflow.db")
+    for row in runs.itertuples():
+        assert (study / row.output / "policy.safetensors").is_file()
+        assert (study / "logs" / f"{row.output.removeprefix('results/')}.log").is_file()
+        assert client.get_run(row.mlflow_run_id).data.tags["mode"] == row.mode
+        assert row.code_version.startswith("0.")
+
+
+def test_the_scores_settings_rerun_only_the_scores_and_figures(study):
+    changed = yaml.safe_load((study / "study.yaml").read_text())
+    changed["scores"] = {"last_k": 2, "baseline": "sac"}
+    (study / "changed.yaml").write_text(yaml.safe_dump(changed))
+    result = run(study, "--configfile", "changed.yaml", "--dry-run", "--printshellcmds")
+    assert result.returncode == 0, result.stderr
+    assert scheduled(result) == {"scores": 1, **FIGURES}
+    assert "--last-k 2 --optimality-threshold 100 --baseline sac" in result.stdout
 
 
 def test_an_ensemble_parameter_reruns_the_ensemble_and_what_depends_on_it(study):

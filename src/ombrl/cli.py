@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -216,6 +217,7 @@ def cmd_scores(args: argparse.Namespace) -> None:
         final_scores,
         final_scores_markdown,
         gather,
+        runs_table,
     )
 
     table = gather([Path(p) for p in args.progress])
@@ -231,6 +233,8 @@ def cmd_scores(args: argparse.Namespace) -> None:
     outputs = [(args.output, table, None), (args.final, final, final_scores_markdown(final))]
     if args.aggregates:
         outputs.append((args.aggregates, summary, aggregates_markdown(summary)))
+    if args.runs:
+        outputs.append((args.runs, runs_table([Path(p) for p in args.progress]), None))
     for path, frame, markdown in outputs:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(path, index=False)
@@ -269,6 +273,20 @@ def cmd_check_config(args: argparse.Namespace) -> None:
         f"{args.config}: valid ({jobs} dataset x seed combinations, modes: "
         f"{', '.join(study['modes'])})"
     )
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from ombrl.plan import DEFAULT_CALIBRATION, calibrate, format_calibration, format_plan, plan
+
+    calibration = Path(args.calibration) if args.calibration else DEFAULT_CALIBRATION
+    if args.calibrate:
+        print(format_calibration(calibrate(calibration)["units"], calibration))
+    if args.configfile:
+        extra = shlex.split(args.snakemake_args or "")
+        rows = plan(Path(args.configfile), calibration, extra=extra)
+        print(format_plan(rows, Path(args.configfile)))
+    elif not args.calibrate:
+        raise OmbrlError("plan: give --configfile STUDY (and/or --calibrate)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,6 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final", required=True, help="final score per dataset and mode (+ .md)")
     p.add_argument("--aggregates", help="IQM, optimality gap, P(improvement) per mode (+ .md)")
     p.add_argument(
+        "--runs",
+        help="per run: output folder, MLflow run id, code version (read from policy.json)",
+    )
+    p.add_argument(
         "--last-k",
         type=int,
         default=1,
@@ -539,6 +561,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a study config against the schema")
     p.add_argument("config", help="study YAML, e.g. config/config.yaml")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("plan", help="jobs per rule and their estimated cost, before a run")
+    p.add_argument("--configfile", help="the study, as given to snakemake")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure the per-unit costs on this machine first (about 15 s)",
+    )
+    p.add_argument(
+        "--calibration", help="calibration JSON (default: ~/.cache/ombrl/calibration.json)"
+    )
+    p.add_argument(
+        "--snakemake-args",
+        metavar="ARGS",
+        help="more arguments for the dry run, one string: --snakemake-args='--profile "
+        "profiles/slurm' (its GPU requests become the GPU-hours column)",
+    )
+    p.set_defaults(func=cmd_plan)
 
     _add_pets_parser(sub)
     return parser

@@ -279,6 +279,11 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
                     f"{source}: modes.{name}.ensemble: {entry['method']} needs elites, but "
                     f"{ensemble} keeps all {members['num_models']} members (num_elites)"
                 )
+    baseline = study["scores"]["baseline"]
+    if baseline is not None and baseline not in modes:
+        problems.append(
+            f"{source}: scores.baseline: {baseline!r} is not an entry of modes ({', '.join(modes)})"
+        )
     for dataset, per_mode in study["overrides"].items():
         if dataset not in study["datasets"]:
             problems.append(f"{source}: overrides.{dataset}: not an entry of datasets")

@@ -157,6 +157,7 @@ def run(job: PolicyJob) -> None:
                 tracked.log({k: v for k, v in row.items() if k not in identity}, record["step"])
 
         agent = train(job.method, job.params, inputs, on_eval)
+        run_id = None if tracked is None else tracked.run_id
     ref_min, ref_max = ref_scores or (None, None)
     meta = {
         **identity,
@@ -168,7 +169,9 @@ def run(job: PolicyJob) -> None:
         "ref_max_score": ref_max,
     }
     with staged_directory(job.output) as out:
-        save_model(out, agent.state_dict(), meta, name="policy")
+        # The run id goes into policy.json alone: eval.json stays byte-identical between a run
+        # and its rerun (or resumed run), and the scores stage finds the run without MLflow.
+        save_model(out, agent.state_dict(), {**meta, "mlflow_run_id": run_id}, name="policy")
         log.write(out / "progress.csv")
         write_json(out / "eval.json", {**meta, "final": log.rows[-1]})
     if checkpoint is not None:

@@ -10,6 +10,7 @@ the robust statistics of `ombrl.stats`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,46 @@ def gather(progress_files: list[Path]) -> pd.DataFrame:
     return table.sort_values(["dataset", "mode", "seed", "step"], kind="stable").reset_index(
         drop=True
     )
+
+
+#: The runs table's columns: a run's identity, then where its files, MLflow run and code are.
+RUN_COLUMNS = ["dataset", "mode", "method", "seed", "output", "mlflow_run_id", "code_version"]
+
+
+def runs_table(progress_files: list[Path]) -> pd.DataFrame:
+    """One row per policy run: where its outputs, MLflow run and code version are.
+
+    Read from the `policy.json` beside each progress file (the job writes its identity, its
+    code version and its MLflow run id there), so no MLflow store is needed. Kept apart from
+    the scores table: run ids differ between two runs of the same study, the scores do not.
+
+    Returns:
+        `RUN_COLUMNS`, sorted like `gather`'s table; `mlflow_run_id` empty when tracking was
+        off, `output` the folder as given.
+    """
+    rows = []
+    for path in progress_files:
+        meta_path = Path(path).parent / "policy.json"
+        try:
+            meta = json.loads(meta_path.read_text())["meta"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError) as e:
+            raise OmbrlError(f"{meta_path}: cannot read the run's policy.json ({e})") from None
+        missing = [c for c in ("dataset", "mode", "seed") if c not in meta]
+        if missing:
+            raise OmbrlError(f"{meta_path}: meta has no {', '.join(missing)}")
+        rows.append(
+            {
+                "dataset": meta["dataset"],
+                "mode": meta["mode"],
+                "method": meta.get("method", meta["mode"]),
+                "seed": meta["seed"],
+                "output": Path(path).parent.as_posix(),
+                "mlflow_run_id": meta.get("mlflow_run_id") or "",
+                "code_version": meta.get("code_version") or "",
+            }
+        )
+    table = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    return table.sort_values(["dataset", "mode", "seed"], kind="stable").reset_index(drop=True)
 
 
 CONFIDENCE = 0.95

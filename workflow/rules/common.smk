@@ -83,6 +83,17 @@ def policy_progress_files():
     ]
 
 
+def scores_flags():
+    """The study's `scores:` settings as `ombrl scores` flags (no --baseline when unset: the
+    command then compares with bc where it ran, and notes its absence otherwise)."""
+    settings = STUDY["scores"]
+    flags = f"--last-k {settings['last_k']}"
+    flags += f" --optimality-threshold {settings['optimality_threshold']}"
+    if settings["baseline"] is not None:
+        flags += f" --baseline {shlex.quote(settings['baseline'])}"
+    return flags
+
+
 def datasets_from(source):
     return [name for name, spec in DATASETS.items() if spec["source"] == source]
 

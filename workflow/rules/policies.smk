@@ -7,6 +7,7 @@ rule train_policy:
         unpack(policy_inputs),
     output:
         policy="results/{dataset}/policies/{mode}/seed{seed}/policy.safetensors",
+        meta="results/{dataset}/policies/{mode}/seed{seed}/policy.json",
         progress="results/{dataset}/policies/{mode}/seed{seed}/progress.csv",
         evaluation="results/{dataset}/policies/{mode}/seed{seed}/eval.json",
     log:

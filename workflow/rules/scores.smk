@@ -19,7 +19,8 @@ rule tracking_store:
 
 rule scores:
     input:
-        policy_progress_files(),
+        progress=policy_progress_files(),
+        policies=[f"{os.path.dirname(p)}/policy.json" for p in policy_progress_files()],
     output:
         scores="results/scores.csv",
         final=report(
@@ -34,12 +35,18 @@ rule scores:
             category="Scores",
         ),
         aggregates_md="results/tables/aggregates.md",
+        runs=report(
+            "results/tables/runs.csv",
+            caption="../report/runs.rst",
+            category="Scores",
+        ),
     log:
         "logs/scores.log",
     conda:
         "../../envs/ombrl.yaml"
     params:
         code=code("scores"),
+        flags=scores_flags(),
     shell:
-        "ombrl scores {input} --output {output.scores} --final {output.final}"
-        " --aggregates {output.aggregates} > {log} 2>&1"
+        "ombrl scores {input.progress} --output {output.scores} --final {output.final}"
+        " --aggregates {output.aggregates} --runs {output.runs} {params.flags} > {log} 2>&1"

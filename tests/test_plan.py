@@ -1,0 +1,86 @@
+"""`ombrl plan`: Snakemake's job counts, priced from a calibration measured here."""
+
+import json
+import resource
+from pathlib import Path
+
+import pytest
+from study_runner import copy_workflow, scheduled, snakemake
+
+from ombrl.plan import UNITS, calibrate, dry_run_jobs, format_plan, plan
+
+pytestmark = pytest.mark.slow
+
+
+def calibration(tmp_path: Path, **seconds: float) -> Path:
+    """A calibration where every unit costs nothing but those given (seconds per call)."""
+    units = {name: {"overhead_s": 0.0, "per_flop_s": 0.0} for name in [*UNITS, "startup"]}
+    for name, value in seconds.items():
+        units[name]["overhead_s"] = value
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"units": units}))
+    return path
+
+
+@pytest.mark.parametrize("study", ["config/d4rl.yaml", ".test/config_tiny/config.yaml"])
+def test_the_plan_counts_the_jobs_of_snakemakes_dry_run(study, tmp_path):
+    workdir = copy_workflow(tmp_path, study)
+    stats = snakemake(workdir, "--dry-run", "--quiet", "rules", "--configfile", "study.yaml")
+    assert stats.returncode == 0, stats.stderr[-2000:]
+    expected = scheduled(stats)
+    counts: dict[str, int] = {}
+    for job in dry_run_jobs(Path("study.yaml"), workdir):
+        counts[job.rule] = counts.get(job.rule, 0) + 1
+    assert counts.pop("all") == 1
+    assert counts == expected
+    assert sum(expected.values()) > 15
+
+
+def test_each_job_is_priced_from_its_settings(tmp_path):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    copy_workflow(workdir, ".test/config_tiny/config.yaml")
+    # One second per process start: every job but `all` costs exactly one second.
+    rows = {
+        r.rule: r for r in plan(Path("study.yaml"), calibration(tmp_path, startup=1.0), workdir)
+    }
+    assert rows["all"].cpu_hours == 0
+    for rule, row in rows.items():
+        if rule != "all":
+            assert row.cpu_hours * 3600 == pytest.approx(row.jobs)
+    # One second per SAC update: the tiny study's 7 SAC-family entries x 200 steps (bc, morel
+    # and j-morel make no SAC update).
+    rows = {
+        r.rule: r for r in plan(Path("study.yaml"), calibration(tmp_path, sac_update=1.0), workdir)
+    }
+    assert rows["train_policy"].cpu_hours * 3600 == pytest.approx(7 * 200)
+    assert rows["train_ensemble"].cpu_hours == 0
+    # One second per environment step: evaluations (at 0, 100, 200 of the 200-update modes;
+    # at iterations 0, 2, 4 of the NPG ones) x 2 episodes x 1000 steps, plus 1500 collected.
+    rows = {
+        r.rule: r for r in plan(Path("study.yaml"), calibration(tmp_path, env_step=1.0), workdir)
+    }
+    assert rows["train_policy"].cpu_hours * 3600 == pytest.approx(10 * 3 * 2 * 1000)
+    assert rows["collect_dataset"].cpu_hours * 3600 == pytest.approx(1500)
+    text = format_plan(list(rows.values()), Path("study.yaml"))
+    assert text.splitlines()[-1].split()[:2] == ["total", "19"]
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def test_calibration_is_quick_and_scales_with_size(tmp_path):
+    # CPU time, not wall time: on the shared 2-core machine other jobs stretch the wall clock.
+    start = cpu_seconds()
+    document = calibrate(tmp_path / "cal.json")
+    assert cpu_seconds() - start < 20
+    units = json.loads((tmp_path / "cal.json").read_text())["units"]
+    assert units == document["units"]
+    assert set(units) == {*UNITS, "startup"}
+    for name in ("ensemble_step", "sac_update", "bc_update", "model_step"):
+        assert units[name]["per_flop_s"] > 0, name
+    assert 0.1 < units["startup"]["overhead_s"] < 60
