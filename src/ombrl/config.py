@@ -309,10 +309,9 @@ def _resolve_generated(name: str, spec: dict, behaviours: dict[str, tuple[str, d
     seed) must agree on its settings, since one job makes them all.
 
     Raises:
-        OmbrlError: the first problem (`ombrl.data.generate.check_request`, or a conflict).
+        OmbrlError: the first problem (`ombrl.data.requests.check_request`, or a conflict).
     """
-    from ombrl.data.behaviour import BehaviourConfig
-    from ombrl.data.generate import behaviour_name, check_request
+    from ombrl.data.requests import BehaviourConfig, behaviour_name, check_request
 
     spec.setdefault("ref_scores", "task")
     check_request(spec, build(BehaviourConfig, spec["behaviour"]))

@@ -6,7 +6,7 @@ import shlex
 import sys
 
 from ombrl.config import load_study, mode_params
-from ombrl.data.generate import behaviour_name
+from ombrl.data.requests import behaviour_name
 from ombrl.errors import OmbrlError
 from ombrl.fingerprint import stage_fingerprint
 

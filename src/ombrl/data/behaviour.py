@@ -23,7 +23,7 @@ at most one checkpoint interval plus one episode.
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import gymnasium as gym
@@ -34,8 +34,8 @@ from torch import Tensor
 from ombrl.agents.buffer import Batch, ReplayBuffer
 from ombrl.agents.sac import SAC, SACConfig
 from ombrl.checkpoint import job_checkpointer, prefixed, subset
-from ombrl.data.collect import episode_returns, mujoco_env_ids, write_hdf5
-from ombrl.errors import OmbrlError
+from ombrl.data.collect import episode_returns, write_hdf5
+from ombrl.data.requests import BehaviourConfig, check_settings
 from ombrl.evaluate import evaluate
 from ombrl.io import load_model, save_model
 from ombrl.runtime import code_version, setup
@@ -50,56 +50,17 @@ OWN_REF_EPISODES = 10
 OWN_REF_SEED = 30_000
 
 
-@dataclass(frozen=True)
-class BehaviourConfig:
-    """A behaviour run's settings (`$defs.behaviour` of the schema).
-
-    Attributes:
-        env_steps: environment steps of the run (warmup included).
-        warmup: uniform random steps before the first update; then one update per step.
-        snapshot_every: env steps between snapshots.
-        eval_episodes: deterministic evaluation episodes per snapshot.
-        hidden_size: actor and critic hidden layers.
-        batch_size, lr, gamma, tau, alpha: SAC's.
-    """
-
-    env_steps: int
-    warmup: int
-    snapshot_every: int
-    eval_episodes: int
-    hidden_size: list[int]
-    batch_size: int
-    lr: float
-    gamma: float
-    tau: float
-    alpha: float | None
-
-    def sac(self) -> SACConfig:
-        return SACConfig(
-            batch_size=self.batch_size,
-            hidden_size=list(self.hidden_size),
-            gamma=self.gamma,
-            tau=self.tau,
-            lr=self.lr,
-            alpha=self.alpha,
-            compile=False,
-        )
-
-
-def check_settings(env_id: str, cfg: BehaviourConfig) -> None:
-    """Problems visible before a run starts.
-
-    Raises:
-        OmbrlError: an env that is not a gymnasium MuJoCo `-v5` task, or settings that
-            cannot run (warmup below a batch or beyond the run).
-    """
-    if env_id not in mujoco_env_ids():
-        raise OmbrlError(f"env: unknown task {env_id!r}; valid: {', '.join(mujoco_env_ids())}")
-    if not cfg.batch_size <= cfg.warmup <= cfg.env_steps:
-        raise OmbrlError(
-            f"behaviour.warmup: {cfg.warmup} must be between batch_size ({cfg.batch_size}) "
-            f"and env_steps ({cfg.env_steps})"
-        )
+def sac_config(cfg: BehaviourConfig) -> SACConfig:
+    """The behaviour run's SAC settings."""
+    return SACConfig(
+        batch_size=cfg.batch_size,
+        hidden_size=list(cfg.hidden_size),
+        gamma=cfg.gamma,
+        tau=cfg.tau,
+        lr=cfg.lr,
+        alpha=cfg.alpha,
+        compile=False,
+    )
 
 
 def snapshot_steps(cfg: BehaviourConfig) -> list[int]:
@@ -178,7 +139,7 @@ def run(
     env = gym.make(env_id)
     low, high = env.action_space.low, env.action_space.high
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    agent = SAC(obs_dim, act_dim, low, high, cfg.sac(), device, seed)
+    agent = SAC(obs_dim, act_dim, low, high, sac_config(cfg), device, seed)
     buffer = ReplayBuffer(cfg.env_steps, obs_dim, act_dim, device)
     generator = torch.Generator(device).manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -310,7 +271,7 @@ def snapshot_actor(
         act_dim,
         env.action_space.low,
         env.action_space.high,
-        cfg.sac(),
+        sac_config(cfg),
         torch.device("cpu"),
         seed,
     )

@@ -41,7 +41,7 @@ from ombrl.data.behaviour import (
     snapshot_actor,
 )
 from ombrl.data.collect import reference_scores, write_hdf5
-from ombrl.data.controllers import SCRIPTED
+from ombrl.data.requests import check_request
 from ombrl.data.scores import D4RL_REF_SCORES, d4rl_family
 from ombrl.errors import OmbrlError
 from ombrl.runtime import code_version
@@ -57,12 +57,6 @@ MEDIUM_FRACTION = 1 / 3
 TASK_REF_EPISODES = 100
 
 
-def supported_envs() -> tuple[str, ...]:
-    """Tasks with a reference maximum: the D4RL families' `-v5` ids and the scripted ones."""
-    d4rl = [f"{gym_id}-v5" for gym_id in ("Hopper", "HalfCheetah", "Walker2d", "Ant")]
-    return tuple(sorted({*d4rl, *SCRIPTED}))
-
-
 def task_reference(env_id: str) -> tuple[float, float, str]:
     """(ref_min, ref_max, source) of a task: D4RL's constants, else collect's measured pair."""
     family = d4rl_family(env_id)
@@ -70,38 +64,6 @@ def task_reference(env_id: str) -> tuple[float, float, str]:
         return (*D4RL_REF_SCORES[family], "d4rl")
     ref_min, ref_max, source = reference_scores(env_id, TASK_REF_EPISODES)
     return ref_min, ref_max, source
-
-
-def behaviour_name(spec: dict) -> str:
-    """The behaviour run a generated dataset comes from: one per task and behaviour seed."""
-    return f"{spec['env']}-seed{spec['seed']}"
-
-
-def check_request(spec: dict, cfg: BehaviourConfig) -> None:
-    """What can be known wrong about a generated dataset before any job runs.
-
-    Raises:
-        OmbrlError: an unknown task, `transitions` missing (or given for medium-replay), or
-            a run whose snapshots cannot hold a medium (no snapshot between the first and
-            the last).
-    """
-    from ombrl.data.behaviour import check_settings
-
-    if spec["env"] not in supported_envs():
-        raise OmbrlError(
-            f"env: {spec['env']!r} has no reference scores to generate from; "
-            f"valid: {', '.join(supported_envs())}"
-        )
-    check_settings(spec["env"], cfg)
-    quality = spec["quality"]
-    if (quality == "medium-replay") == ("transitions" in spec):
-        need = "takes no" if quality == "medium-replay" else "needs"
-        raise OmbrlError(f"quality {quality} {need} transitions (medium-replay: the run's own)")
-    if quality.startswith("medium") and cfg.snapshot_every >= cfg.env_steps:
-        raise OmbrlError(
-            f"quality {quality}: behaviour.snapshot_every {cfg.snapshot_every} >= env_steps "
-            f"{cfg.env_steps} leaves no snapshot between random and expert to be the medium"
-        )
 
 
 def medium_snapshot(records: list[dict], target: float) -> dict:
