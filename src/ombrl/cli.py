@@ -50,7 +50,8 @@ def cmd_dataset_inspect(args: argparse.Namespace) -> None:
     from ombrl.data.d4rl import load_dataset
     from ombrl.data.inspect import summarize
 
-    print(json.dumps(summarize(load_dataset(args.dataset)), indent=2))
+    dataset = load_dataset(args.dataset, args.env, args.drop_nonfinite, need_env=False)
+    print(json.dumps(summarize(dataset), indent=2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,6 +83,8 @@ def cmd_train_ensemble(args: argparse.Namespace) -> None:
             checkpoint_every=args.checkpoint_every,
             checkpoint_dir=args.checkpoint_dir,
             tracking_uri=args.tracking_uri,
+            env=args.env,
+            drop_nonfinite=args.drop_nonfinite,
         )
     )
 
@@ -97,6 +100,8 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
     from ombrl.methods import method_spec
     from ombrl.training.loop import Evaluation
 
+    if args.dataset is None and args.env is None:
+        raise OmbrlError("train-policy: give --dataset (offline) or --env (online)")
     spec = method_spec(args.mode)
     params = parse_params(args.params, spec.section)
     if spec.needs_ensemble and args.ensemble is not None:
@@ -122,6 +127,7 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
             checkpoint_every=args.checkpoint_every,
             checkpoint_dir=args.checkpoint_dir,
             tracking_uri=args.tracking_uri,
+            drop_nonfinite=args.drop_nonfinite,
         )
     )
 
@@ -140,7 +146,7 @@ def cmd_uncertainty(args: argparse.Namespace) -> None:
 
     setup(args.seed, args.threads)
     device = resolve_device(args.device)
-    dataset = load_dataset(args.dataset)
+    dataset = load_dataset(args.dataset, args.env, args.drop_nonfinite, need_env=False)
     ensemble, _ = load_ensemble(Path(args.ensemble), device)
     if (ensemble.obs_dim, ensemble.act_dim) != (dataset.obs_dim, dataset.act_dim):
         raise OmbrlError(
@@ -148,6 +154,8 @@ def cmd_uncertainty(args: argparse.Namespace) -> None:
             f"not match {args.dataset}'s ({dataset.obs_dim}, {dataset.act_dim})"
         )
     members = ensemble.elites if args.members == "elites" else None
+    if args.scale == "morel" and dataset.env_id is None:
+        raise OmbrlError(f"--scale morel: {args.dataset} names no environment; pass --env ENV_ID")
     positions = position_dims(get_task(dataset.env_id).name) if args.scale == "morel" else None
     scale = disagreement_scale(
         args.scale, ensemble, dataset.observations, dataset.actions, positions, members
@@ -309,6 +317,22 @@ def _add_checkpoint_flags(parser: argparse.ArgumentParser, every: int, unit: str
     )
 
 
+def _add_dataset_flags(parser: argparse.ArgumentParser, env: bool = True) -> None:
+    """Flags of every verb that reads a dataset."""
+    if env:
+        parser.add_argument(
+            "--env",
+            metavar="ENV_ID",
+            help="gymnasium id of the data's environment, for a file without metadata/env_id",
+        )
+    parser.add_argument(
+        "--drop-nonfinite",
+        action="store_true",
+        help="drop the episodes holding NaN or inf (and say how many) instead of refusing the "
+        "file",
+    )
+
+
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and the env")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (reproducibility)")
@@ -351,10 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dataset_fetch)
     p = dsub.add_parser("inspect", help="print a JSON summary of a dataset")
     p.add_argument("dataset", help="D4RL name or HDF5 path")
+    _add_dataset_flags(p)
     p.set_defaults(func=cmd_dataset_inspect)
 
     p = sub.add_parser("train-ensemble", help="fit a dynamics ensemble")
     p.add_argument("--dataset", required=True, help="D4RL name or HDF5 path")
+    _add_dataset_flags(p)
     p.add_argument("--config", help="ensemble YAML, e.g. config/ensembles/pnn.yaml")
     p.add_argument(
         "--params",
@@ -382,11 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_ensemble)
 
     p = sub.add_parser("train-policy", help="train a policy in one offline mode")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", help="D4RL name or HDF5 path: train offline")
-    source.add_argument(
-        "--env", help="gymnasium id, e.g. Pendulum-v1: train SAC online, acting in it"
+    p.add_argument("--dataset", help="D4RL name or HDF5 path: train offline")
+    p.add_argument(
+        "--env",
+        metavar="ENV_ID",
+        help="gymnasium id, e.g. Pendulum-v1: alone, train SAC online, acting in it; with "
+        "--dataset, the data's environment (for a file without metadata/env_id)",
     )
+    _add_dataset_flags(p, env=False)
     p.add_argument("--mode", required=True, choices=list(METHODS), help="the method")
     p.add_argument(
         "--name", help="the study's mode entry, recorded in outputs and logs (default: --mode)"
@@ -410,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         "uncertainty", help="print a dataset's uncertainty statistics under an ensemble"
     )
     p.add_argument("--dataset", required=True, help="D4RL name or HDF5 path")
+    _add_dataset_flags(p)
     p.add_argument("--ensemble", required=True, help="folder of a trained ensemble")
     p.add_argument(
         "--scale",

@@ -40,6 +40,9 @@ class EnsembleJob:
         checkpoint_every: save the state every N epochs (0: never).
         checkpoint_dir: root of the checkpoints (None: the default).
         tracking_uri: MLflow store (None or "none": off).
+        env: the environment of a dataset file without metadata/env_id (recorded only: an
+            ensemble is fitted without one).
+        drop_nonfinite: drop the dataset's episodes holding NaN or inf instead of refusing it.
     """
 
     dataset: str
@@ -56,13 +59,15 @@ class EnsembleJob:
     checkpoint_every: int
     checkpoint_dir: str | None
     tracking_uri: str | None
+    env: str | None = None
+    drop_nonfinite: bool = False
 
 
 def run(job: EnsembleJob) -> None:
     """Fit, log and write one ensemble job's outputs."""
     cfg = job.cfg
     device = resolve_device(job.device or cfg["device"])
-    dataset = load_dataset(job.dataset)
+    dataset = load_dataset(job.dataset, job.env, job.drop_nonfinite, need_env=False)
     setup(job.seed, job.threads)  # before the model: its initial weights come from this seed
     model = DynamicsEnsemble(
         dataset.obs_dim,

@@ -40,6 +40,15 @@ def gather(progress_files: list[Path]) -> pd.DataFrame:
         missing = [c for c in KEY_COLUMNS if c not in frame.columns]
         if missing:
             raise OmbrlError(f"{path}: missing columns {', '.join(missing)}")
+        for column in ("return", "normalized_score"):
+            values = pd.to_numeric(frame.get(column, pd.Series(dtype=float)), errors="coerce")
+            bad = ~np.isfinite(values.to_numpy(dtype=float))
+            if bad.any():
+                raise OmbrlError(
+                    f"{path}: column {column!r} is not a finite number at row "
+                    f"{int(np.flatnonzero(bad)[0]) + 1}; a run with non-finite results is "
+                    "never scored"
+                )
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     rest = [c for c in table.columns if c not in KEY_COLUMNS]

@@ -26,6 +26,7 @@ from ombrl.checkpoint import Checkpointer, prefixed, subset
 from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
 from ombrl.evaluate import evaluate
+from ombrl.io import require_finite
 
 
 class Learner(Protocol):
@@ -139,6 +140,7 @@ def run_updates(
             on_eval(record)
 
     def report(step: int, metrics: dict[str, float]) -> None:
+        require_finite(agent.state_dict(), f"training at update {step}")
         returns = evaluate(
             lambda obs: agent.act(obs, deterministic=True),
             env_id,
@@ -160,7 +162,14 @@ def run_updates(
             report(0, {})
         for step in range(progress_state.step + 1, steps + 1):
             batch, stats = sampler(step - 1)
-            progress_state.add(agent.update(batch))
+            metrics = agent.update(batch)
+            bad = [key for key, value in metrics.items() if not np.isfinite(value)]
+            if bad:
+                raise OmbrlError(
+                    f"training turned non-finite at update {step} ({', '.join(bad)}); nothing "
+                    "written; lower the learning rate or check the data"
+                )
+            progress_state.add(metrics)
             bar.update()
             if step % evaluation.every == 0 or step == steps:
                 report(step, {**progress_state.pop_means(), **stats})
