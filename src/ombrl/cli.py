@@ -184,11 +184,15 @@ def cmd_scores(args: argparse.Namespace) -> None:
     from ombrl.scores import (
         aggregates,
         aggregates_markdown,
+        check_output_files,
         final_scores,
         final_scores_markdown,
         gather,
+        write_tables,
     )
 
+    outputs = {"--output": args.output, "--final": args.final, "--aggregates": args.aggregates}
+    check_output_files({flag: Path(path) for flag, path in outputs.items() if path})
     table = gather([Path(p) for p in args.progress])
     final = final_scores(table, args.last_k)
     # An explicit --baseline must be a mode of the scores; the default (bc) may be absent, and
@@ -202,11 +206,7 @@ def cmd_scores(args: argparse.Namespace) -> None:
     outputs = [(args.output, table, None), (args.final, final, final_scores_markdown(final))]
     if args.aggregates:
         outputs.append((args.aggregates, summary, aggregates_markdown(summary)))
-    for path, frame, markdown in outputs:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(path, index=False)
-        if markdown is not None:
-            Path(path).with_suffix(".md").write_text(markdown)
+    write_tables(outputs)
 
 
 def cmd_tracking_init(args: argparse.Namespace) -> None:
@@ -328,8 +328,7 @@ def _add_dataset_flags(parser: argparse.ArgumentParser, env: bool = True) -> Non
     parser.add_argument(
         "--drop-nonfinite",
         action="store_true",
-        help="drop the episodes holding NaN or inf (and say how many) instead of refusing the "
-        "file",
+        help="drop the episodes holding NaN or inf (and say how many) instead of refusing the file",
     )
 
 

@@ -21,7 +21,15 @@ from ombrl.errors import OmbrlError
 from ombrl.io import require_finite, save_model
 from ombrl.methods import METHODS, Inputs, method_module, method_spec
 from ombrl.runtime import code_version, resolve_device, setup
-from ombrl.tracking import CsvLog, mlflow_run, resolve_tracking_uri, staged_directory, write_json
+from ombrl.tracking import (
+    CsvLog,
+    check_output_dir,
+    mlflow_run,
+    resolve_tracking_uri,
+    staged_directory,
+    write_json,
+    write_tracking_marker,
+)
 from ombrl.training.loop import Evaluation
 
 #: Random steps before online learning when `--warmup` is not given.
@@ -89,6 +97,8 @@ def run(job: PolicyJob) -> None:
         raise OmbrlError("--warmup: random steps of online training, only with --env")
     if spec.needs_ensemble and job.ensemble is None:
         raise OmbrlError(f"--mode {job.method} needs --ensemble DIR (a trained ensemble)")
+    check_output_dir(job.output)
+    uri = resolve_tracking_uri(job.tracking_uri)
     device = resolve_device(job.device)
     identity = {"mode": job.name, "method": job.method, "seed": job.seed}
     meta: dict = {}
@@ -147,7 +157,6 @@ def run(job: PolicyJob) -> None:
     setup(job.seed, job.threads)
     train = method_module(job.method).train
     log = CsvLog()
-    uri = resolve_tracking_uri(job.tracking_uri)
     run_name = "/".join(str(v) for v in identity.values())
     with mlflow_run(uri, experiment, run_name, identity, job.params) as tracked:
 
@@ -181,6 +190,7 @@ def run(job: PolicyJob) -> None:
         save_model(out, agent.state_dict(), meta, name="policy")
         log.write(out / "progress.csv")
         write_json(out / "eval.json", {**meta, "final": log.rows[-1]})
+        write_tracking_marker(out, tracked)
     if checkpoint is not None:
         checkpoint.clear()
 
