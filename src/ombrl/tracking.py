@@ -209,9 +209,18 @@ def root_cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"[:300]
 
 
+#: Loggers that print a whole traceback (MLflow's SQL errors) or a line per HTTP retry for
+#: failures this module reports itself, as one line with the cause.
+_NOISY_LOGGERS = ("mlflow.store.db.utils", "urllib3.connectionpool")
+
+
 def _client(uri: str):
+    import logging
+
     from mlflow.tracking import MlflowClient
 
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     return MlflowClient(tracking_uri=uri)
 
 
