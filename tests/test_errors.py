@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from ombrl.cli import main
+from ombrl.evaluate import continuous_spaces
 from ombrl.models.ensemble import DynamicsEnsemble, save_ensemble
 
 pytestmark = pytest.mark.slow
@@ -225,7 +226,86 @@ CASES = [
         "nometa.hdf5: unknown environment: no metadata/env_id and 'nometa' is not a D4RL name; "
         "pass --env ENV_ID",
     ),
+    # item 4: argparse ranges, environments, unreadable configs, absurd sizes
+    (
+        "negative-seed",
+        ["train-ensemble", "--dataset", "{good}", "--output", "{out}/ens", "--seed", "-1"],
+        "ombrl train-ensemble: argument --seed: -1 must be at least 0",
+    ),
+    (
+        "zero-threads",
+        ["train-policy", "--dataset", "{good}", *BC, "--output", "{out}/pol", "--threads", "0"],
+        "ombrl train-policy: argument --threads: 0 must be at least 1",
+    ),
+    (
+        "negative-eval-seed",
+        ["train-policy", "--dataset", "{good}", "--eval-seed", "-1", *BC, "--output", "{out}/p"],
+        "ombrl train-policy: argument --eval-seed: -1 must be at least 0",
+    ),
+    (
+        "discrete-actions",
+        ["train-policy", "--env", "CartPole-v1", "--mode", "sac", "--output", "{out}/pol"],
+        "argument --env: 'CartPole-v1' has Discrete actions; ombrl needs continuous vectors",
+    ),
+    (
+        "unknown-env",
+        [
+            "collect",
+            "--env",
+            "Nope-v9",
+            "--policy",
+            "random",
+            "--transitions",
+            "10",
+            "--output",
+            "{out}/d.hdf5",
+        ],
+        "argument --env: cannot make 'Nope-v9'",
+    ),
+    (
+        "check-config-on-a-folder",
+        ["check-config", "{afolder}"],
+        "{afolder}: is a folder, not a config file",
+    ),
+    (
+        "check-config-on-a-binary-file",
+        ["check-config", "{binary}"],
+        "{binary}: not a text file (byte 128 is not UTF-8)",
+    ),
+    (
+        "absurd-ensemble-hidden-size",
+        [
+            "train-ensemble",
+            "--dataset",
+            "{good}",
+            "--output",
+            "{out}/ens",
+            "--params",
+            "hidden_size=100000,100000",
+            "num_models=2",
+            "num_elites=1",
+        ],
+        "--params: hidden_size: [100000, 100000] x 2 member(s) needs at least 298 GiB",
+    ),
+    (
+        "absurd-policy-hidden-size",
+        [
+            "train-policy",
+            "--dataset",
+            "{good}",
+            *BC,
+            "hidden_size=100000,100000",
+            "--output",
+            "{out}/pol",
+        ],
+        "--params for mode bc: hidden_size: [100000, 100000] x 1 member(s) needs at least 149 GiB",
+    ),
 ]
+
+
+def test_pendulum_stays_valid_for_online_sac():
+    obs_space, act_space = continuous_spaces("Pendulum-v1")
+    assert (obs_space.shape, act_space.shape) == ((3,), (1,))
 
 
 @pytest.mark.parametrize(("argv", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -268,7 +268,9 @@ def cmd_pets(args: argparse.Namespace) -> None:
 
 def _add_pets_parser(sub) -> None:
     p = sub.add_parser("pets", help="PETS: plan with CEM on a learned ensemble, acting online")
-    p.add_argument("--env", required=True, help="InvertedPendulum-v5, Reacher-v5, Pusher-v5, ...")
+    p.add_argument(
+        "--env", type=_env_id, required=True, help="InvertedPendulum-v5, Reacher-v5, Pusher-v5, ..."
+    )
     p.add_argument(
         "--preset", help="config/pets/NAME.yaml or a YAML path (default: the --env preset)"
     )
@@ -298,12 +300,40 @@ def _add_pets_parser(sub) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# argument types: a value out of range is argparse's one-line error, before any work
+
+
+def _at_least(minimum: int):
+    """An argparse type: an integer >= `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {minimum}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _env_id(text: str) -> str:
+    """An argparse type: a gymnasium id with continuous observations and actions."""
+    from ombrl.evaluate import continuous_spaces
+
+    try:
+        continuous_spaces(text)
+    except OmbrlError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("env: ")) from None
+    return text
 
 
 def _add_checkpoint_flags(parser: argparse.ArgumentParser, every: int, unit: str) -> None:
     parser.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=_at_least(0),
         default=every,
         metavar="N",
         help=f"save the training state every N {unit}; a rerun of the same command resumes "
@@ -322,6 +352,7 @@ def _add_dataset_flags(parser: argparse.ArgumentParser, env: bool = True) -> Non
     if env:
         parser.add_argument(
             "--env",
+            type=_env_id,
             metavar="ENV_ID",
             help="gymnasium id of the data's environment, for a file without metadata/env_id",
         )
@@ -333,8 +364,12 @@ def _add_dataset_flags(parser: argparse.ArgumentParser, env: bool = True) -> Non
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and the env")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (reproducibility)")
+    parser.add_argument(
+        "--seed", type=_at_least(0), default=0, help="seeds torch, numpy and the env"
+    )
+    parser.add_argument(
+        "--threads", type=_at_least(1), default=1, help="torch threads (reproducibility)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -359,9 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("collect", help="generate a D4RL-format dataset with gymnasium")
-    p.add_argument("--env", required=True, help="gymnasium id, e.g. InvertedPendulum-v5")
+    p.add_argument(
+        "--env", type=_env_id, required=True, help="gymnasium id, e.g. InvertedPendulum-v5"
+    )
     p.add_argument("--policy", required=True, help="random | medium | expert")
-    p.add_argument("--transitions", type=int, required=True)
+    p.add_argument("--transitions", type=_at_least(1), required=True)
     p.add_argument("--output", required=True, help="HDF5 file to write")
     _add_run_flags(p)
     p.set_defaults(func=cmd_collect)
@@ -410,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="D4RL name or HDF5 path: train offline")
     p.add_argument(
         "--env",
+        type=_env_id,
         metavar="ENV_ID",
         help="gymnasium id, e.g. Pendulum-v1: alone, train SAC online, acting in it; with "
         "--dataset, the data's environment (for a file without metadata/env_id)",
@@ -421,12 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ensemble", help="folder of a trained ensemble (model-based modes)")
     p.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE")
-    p.add_argument("--eval-every", type=int, default=1000, help="updates between evaluations")
-    p.add_argument("--eval-episodes", type=int, default=5)
-    p.add_argument("--eval-seed", type=int, default=100000, help="first evaluation env seed")
+    p.add_argument(
+        "--eval-every", type=_at_least(1), default=1000, help="updates between evaluations"
+    )
+    p.add_argument("--eval-episodes", type=_at_least(1), default=5)
+    p.add_argument(
+        "--eval-seed", type=_at_least(0), default=100000, help="first evaluation env seed"
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument(
-        "--warmup", type=int, help="with --env: random steps before learning (default 1000)"
+        "--warmup",
+        type=_at_least(0),
+        help="with --env: random steps before learning (default 1000)",
     )
     p.add_argument("--output", required=True, help="folder for policy, progress.csv, eval.json")
     _add_checkpoint_flags(p, every=1000, unit="updates (offline only)")
@@ -452,7 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["elites", "all"],
         help="members measured (rollouts use the elites)",
     )
-    p.add_argument("--batch-size", type=int, default=8192, help="transitions per forward pass")
+    p.add_argument(
+        "--batch-size", type=_at_least(1), default=8192, help="transitions per forward pass"
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_run_flags(p)
@@ -465,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregates", help="IQM, optimality gap, P(improvement) per mode (+ .md)")
     p.add_argument(
         "--last-k",
-        type=int,
+        type=_at_least(1),
         default=1,
         metavar="K",
         help="a run's final score: the mean of its last K evaluations (default 1: the last)",

@@ -9,6 +9,7 @@ so a bad key is reported the same way, before any job runs, one line per problem
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -120,6 +121,12 @@ def read_yaml(path: Path) -> dict:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise OmbrlError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise OmbrlError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError as e:
+        raise OmbrlError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
+    except PermissionError:
+        raise OmbrlError(f"{path}: cannot be read (permission denied)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -201,7 +208,32 @@ def load_ensemble_config(path: Path | None, overrides: dict, source: str = "--pa
             f"{where}: num_elites: {cfg['num_elites']} is more than num_models "
             f"({cfg['num_models']})"
         )
+    check_model_memory(cfg["hidden_size"], cfg["num_models"], f"{where}: hidden_size")
     return cfg
+
+
+#: Bytes per weight while training: float32 weight, gradient and Adam's two moments.
+TRAINING_BYTES_PER_WEIGHT = 16
+
+
+def check_model_memory(widths: list[int], members: int, where: str) -> None:
+    """Refuse hidden layers whose training state cannot fit in this machine's memory.
+
+    Counts the weights between hidden layers only (input and output sizes depend on the
+    data): a lower bound, so a refusal is certain to be right.
+
+    Raises:
+        OmbrlError: naming `where`, the widths and the memory needed and available.
+    """
+    weights = members * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
+    needed = weights * TRAINING_BYTES_PER_WEIGHT
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise OmbrlError(
+            f"{where}: {widths} x {members} member(s) needs at least "
+            f"{needed / 2**30:.0f} GiB for weights, gradients and Adam state; this machine has "
+            f"{available / 2**30:.0f} GiB"
+        )
 
 
 def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
@@ -325,6 +357,9 @@ def resolve_mode(name: str, entry: Mapping, source: str, at: str = "") -> dict:
             f"{where}{'.method' if at else ''}: {method!r} is not one of {', '.join(METHODS)}{hint}"
         )
     checked = validate(params, source, SCHEMA["$defs"][method_spec(method).section], at)
+    for key in ("hidden_size", "value_hidden_size"):
+        if key in checked:
+            check_model_memory(checked[key], 1, f"{where}.{key}" if at else f"{where}: {key}")
     return {"method": method, **({"datasets": datasets} if datasets else {}), **checked}
 
 

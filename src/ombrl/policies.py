@@ -94,7 +94,9 @@ def run(job: PolicyJob) -> None:
             f"--env trains online, which only {', '.join(online)} does, not {job.method}"
         )
     if job.dataset is not None and job.warmup is not None:
-        raise OmbrlError("--warmup: random steps of online training, only with --env")
+        raise OmbrlError(
+            "--warmup: random steps of online training, only with --env and no --dataset"
+        )
     if spec.needs_ensemble and job.ensemble is None:
         raise OmbrlError(f"--mode {job.method} needs --ensemble DIR (a trained ensemble)")
     check_output_dir(job.output)

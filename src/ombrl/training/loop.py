@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
@@ -25,7 +24,7 @@ from ombrl.agents.buffer import Batch
 from ombrl.checkpoint import Checkpointer, prefixed, subset
 from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
-from ombrl.evaluate import evaluate
+from ombrl.evaluate import continuous_spaces, evaluate
 from ombrl.io import require_finite
 
 
@@ -66,14 +65,10 @@ def make_learner(
         seed: seeds the initial weights and policy noise.
 
     Raises:
-        OmbrlError: an unknown env, or a dataset whose dimensions are not the env's.
+        OmbrlError: an unknown env, one without continuous actions, or a dataset whose
+            dimensions are not the env's.
     """
-    try:
-        env = gym.make(env_id)
-    except gym.error.Error as err:
-        raise OmbrlError(f"env: cannot make {env_id!r} ({err})") from err
-    obs_space, act_space = env.observation_space, env.action_space
-    env.close()
+    obs_space, act_space = continuous_spaces(env_id)
     obs_dim, act_dim = obs_space.shape[0], act_space.shape[0]
     if dataset is not None and (obs_dim, act_dim) != (dataset.obs_dim, dataset.act_dim):
         raise OmbrlError(
