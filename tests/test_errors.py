@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -81,6 +82,17 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "progress_nan": root / "progress_nan.csv",
         "nan_ensemble": root / "nan_ensemble",
     }
+    paths["dup_study"] = root / "dup.yaml"
+    paths["dup_study"].write_text(
+        "seeds: [0]\nmodes:\n  bc: {}\ndatasets:\n  a: {source: collect, env: Hopper-v5, "
+        "policy: random, transitions: 10}\n# the second block replaced the first in silence\n"
+        "modes:\n  sac: {}\n"
+    )
+    paths["bad_collect"] = root / "bad_collect.yaml"
+    paths["bad_collect"].write_text(
+        "seeds: [0]\nmodes: {bc: {}}\ndatasets:\n  a: {source: collect, env: Hopper-v5, "
+        "policy: expert, transitions: 10}\n"
+    )
     paths["afile"].write_text("x")
     paths["afolder"].mkdir()
     paths["binary"].write_bytes(bytes(range(256)) * 4)
@@ -300,6 +312,22 @@ CASES = [
         ],
         "--params for mode bc: hidden_size: [100000, 100000] x 1 member(s) needs at least 149 GiB",
     ),
+    # item 2: duplicate keys, and what a job would refuse, checked when the study loads
+    (
+        "duplicate-yaml-key",
+        ["check-config", "{dup_study}"],
+        "{dup_study}: duplicate key 'modes' at lines 2 and 7 (only the last would be used)",
+    ),
+    (
+        "collect-env-and-controller",
+        ["check-config", "{bad_collect}"],
+        "{bad_collect}: datasets.a.policy: Hopper-v5 has no 'expert' controller (random)",
+    ),
+    (
+        "holdout-ratio-zero",
+        ["train-ensemble", "--dataset", "{good}", "--output", "{out}/e", "--holdout-ratio", "0"],
+        "--params: holdout_ratio: 0.0 is less than or equal to the minimum of 0",
+    ),
 ]
 
 
@@ -459,3 +487,20 @@ def test_tracking_store_on_a_full_disk_still_writes_the_model(
     assert "full" in err or "disk" in err, err
     assert (out / "model.safetensors").is_file() and csv.is_file()
     assert (out / "TRACKING_INCOMPLETE").read_text().strip()
+
+
+def test_workflow_refuses_a_study_with_a_duplicated_key(tmp_path):
+    """Snakemake's loader keeps the last of two `seeds:`; the workflow's load says so."""
+    root = Path(__file__).resolve().parents[1]
+    study = (root / ".test/config_tiny/config.yaml").read_text()
+    path = tmp_path / "study.yaml"
+    path.write_text(study + "seeds: [1]\n")
+    line = len(study.splitlines()) + 1
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "snakemake"), "-n", "--configfile", str(path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert f"duplicate key 'seeds' at lines 2 and {line}" in result.stderr, result.stderr

@@ -114,11 +114,39 @@ def validate(data: Any, source: str, schema: dict | None = None, at: str = "") -
     return data
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names one key twice (PyYAML would silently keep the last)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping: a study with two
+    `modes:` blocks would otherwise run the second only, with no word about the first."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKeyError(
+                        f"duplicate key {key!r} at lines {seen[key]} and {line} (only the last "
+                        "would be used)"
+                    )
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> dict:
-    """Read a YAML mapping; a missing or malformed file is a user mistake."""
+    """Read a YAML mapping; a missing, unreadable or malformed file, or one that names a key
+    twice in a mapping, is a user mistake."""
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except DuplicateKeyError as e:
+        raise OmbrlError(f"{path}: {e}") from None
     except FileNotFoundError:
         raise OmbrlError(f"{path}: no such config file") from None
     except IsADirectoryError:
@@ -264,6 +292,8 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
                 parse_name(name)
             except OmbrlError as e:
                 problems.append(f"{source}: datasets.{name}: {e}")
+        else:
+            problems += _collect_problems(spec, f"{source}: datasets.{name}")
     resolved = {}
     for name, entry in study["ensembles"].items():
         path = root / ENSEMBLE_CONFIG_DIR / f"{entry['config']}.yaml"
@@ -314,6 +344,20 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
     study["ensembles"] = resolved
     study["modes"] = modes
     return study
+
+
+def _collect_problems(spec: dict, where: str) -> list[str]:
+    """What `ombrl collect` would refuse in a dataset entry: an env it cannot collect from,
+    a behaviour policy the env has no controller for."""
+    from ombrl.data.collect import mujoco_env_ids
+    from ombrl.data.controllers import policy_names
+
+    if spec["env"] not in mujoco_env_ids():
+        return [f"{where}.env: {spec['env']!r} is not a gymnasium MuJoCo -v5 environment"]
+    if spec["policy"] not in policy_names(spec["env"]):
+        choices = ", ".join(policy_names(spec["env"]))
+        return [f"{where}.policy: {spec['env']} has no {spec['policy']!r} controller ({choices})"]
+    return []
 
 
 def _resolve_modes(entries: object, source: str, problems: list[str]) -> dict:

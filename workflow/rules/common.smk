@@ -5,11 +5,13 @@ import re
 import shlex
 import sys
 
-from ombrl.config import load_study, mode_params
+from ombrl.config import load_study, mode_params, read_yaml
 from ombrl.errors import OmbrlError
 from ombrl.fingerprint import stage_fingerprint
 
 try:
+    for path in workflow.configfiles:
+        read_yaml(path)  # Snakemake's own YAML loader keeps a duplicated key's last value
     STUDY = load_study(
         config, source=", ".join(map(str, workflow.configfiles)) or "config"
     )
