@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 
+from ombrl import runtime
+from ombrl.checkpoint import job_checkpointer
 from ombrl.cli import main
 from ombrl.evaluate import continuous_spaces
 from ombrl.models.ensemble import DynamicsEnsemble, save_ensemble
@@ -504,3 +506,42 @@ def test_workflow_refuses_a_study_with_a_duplicated_key(tmp_path):
     )
     assert result.returncode != 0
     assert f"duplicate key 'seeds' at lines 2 and {line}" in result.stderr, result.stderr
+
+
+def saved_checkpoint(root: Path, output: Path, code: str, monkeypatch) -> Path:
+    """A checkpoint of a job writing `output`, saved at step 5 by code version `code`."""
+    monkeypatch.setattr(runtime, "code_version", lambda: code)
+    checkpointer = job_checkpointer(str(root), 5, {"command": "test"}, 0, 1, output)
+    checkpointer.save(5, {"w": torch.zeros(2)}, {"progress": 5})
+    monkeypatch.undo()
+    return checkpointer.directory
+
+
+def test_rerun_after_a_code_edit_says_it_starts_over_and_removes_the_old_state(
+    tmp_path, capsys, monkeypatch
+):
+    output = tmp_path / "pol"
+    old = saved_checkpoint(tmp_path / "ckpt", output, "1.0+old", monkeypatch)
+    capsys.readouterr()
+    monkeypatch.setattr(runtime, "code_version", lambda: "1.0+new")
+    fresh = job_checkpointer(str(tmp_path / "ckpt"), 5, {"command": "test"}, 0, 1, output)
+    err = capsys.readouterr().err
+    assert fresh.directory != old and not old.exists()
+    assert err.count("\n") == 1, err
+    assert f"a checkpoint of {output} at step 5 ({old}) was saved with other code_version; " in err
+    assert "starting over and removing it" in err
+    assert fresh.load() is None
+
+
+def test_checkpoints_verb_lists_and_cleans_stale_ones(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "ckpt"
+    stale = saved_checkpoint(root, tmp_path / "a", "1.0+old", monkeypatch)
+    current = saved_checkpoint(root, tmp_path / "b", runtime.code_version(), monkeypatch)
+    capsys.readouterr()
+    assert main(["checkpoints", "--checkpoint-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"{root}: 2 checkpoints, 1 stale (--clean removes them)" in out, out
+    assert f"{tmp_path / 'a'}  (stale: saved by code 1.0+old, now " in out, out
+    assert f"{tmp_path / 'b'}  (resumable)" in out, out
+    assert main(["checkpoints", "--checkpoint-dir", str(root), "--clean"]) == 0
+    assert not stale.exists() and current.exists()

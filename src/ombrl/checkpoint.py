@@ -12,6 +12,10 @@ config, seed, threads, device, input checksums, code version): a changed job nev
 stale state. A new step folder is complete before the older one is removed, so a kill during a
 save leaves the previous state usable.
 
+A checkpoint whose key no rerun can reach again (its code version or settings changed since)
+is stale: a job that finds one for its own output says it starts over and why, and removes
+it; `ombrl checkpoints` lists every checkpoint and `--clean` removes the stale ones.
+
 A checkpoint that cannot be read (truncated, edited, from another job) is ignored with a
 warning on stderr, and the job falls back to an older one or starts over: restarting costs time
 but never gives wrong numbers, and an automatic restart must not fail forever on a bad file.
@@ -166,9 +170,13 @@ class Checkpointer:
 
     def _folders(self) -> list[Path]:
         """Step folders, newest first."""
-        if not self.directory.is_dir():
+        return self._folders_of(self.directory)
+
+    @staticmethod
+    def _folders_of(directory: Path) -> list[Path]:
+        if not directory.is_dir():
             return []
-        folders = [p for p in self.directory.iterdir() if p.name.startswith(_STEP_PREFIX)]
+        folders = [p for p in directory.iterdir() if p.name.startswith(_STEP_PREFIX)]
         return sorted(folders, key=lambda p: p.name, reverse=True)
 
     def save(self, step: int, tensors: Mapping[str, Tensor], meta: Mapping) -> None:
@@ -215,6 +223,68 @@ class Checkpointer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+@dataclass
+class SavedCheckpoint:
+    """One job's folder under a checkpoint root, as `list_checkpoints` finds it.
+
+    Attributes:
+        directory: `<root>/<key>`.
+        step: the newest saved step (None: no readable state).
+        identity: the job identity stored with it ({} when unreadable).
+    """
+
+    directory: Path
+    step: int | None
+    identity: dict
+
+    def stale_reason(self, code: str) -> str | None:
+        """Why no rerun can resume it (None: a rerun of its job can): unreadable, or saved by
+        other code than `code` (the current `code_version()`)."""
+        if self.step is None:
+            return "no readable state"
+        if self.identity.get("code_version") != code:
+            return f"saved by code {self.identity.get('code_version')}, now {code}"
+        return None
+
+
+def list_checkpoints(root: Path) -> list[SavedCheckpoint]:
+    """Every job folder under `root` with its newest step and identity (read from the JSON
+    only: no tensors are loaded)."""
+    found = []
+    for directory in sorted(p for p in Path(root).glob("*") if p.is_dir()):
+        step, identity = None, {}
+        for folder in Checkpointer._folders_of(directory):
+            try:
+                document = json.loads((folder / f"{STATE_NAME}.json").read_text())["meta"]
+                step, identity = int(document["step"]), dict(document["job"])
+                break
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        found.append(SavedCheckpoint(directory, step, identity))
+    return found
+
+
+def _changes(old: Mapping, new: Mapping) -> list[str]:
+    """The identity keys whose values differ (what made a checkpoint stale)."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def remove_stale_for_output(checkpointer: Checkpointer) -> None:
+    """Remove the checkpoints of the same output saved under another identity (a code edit
+    or a changed setting between a kill and the rerun), saying so: the job starts over."""
+    output = checkpointer.identity["output"]
+    for saved in list_checkpoints(checkpointer.directory.parent):
+        if saved.directory == checkpointer.directory or saved.identity.get("output") != output:
+            continue
+        changed = ", ".join(_changes(saved.identity, checkpointer.identity))
+        print(
+            f"ombrl: a checkpoint of {output} at step {saved.step} ({saved.directory}) was saved "
+            f"with other {changed}; starting over and removing it",
+            file=sys.stderr,
+        )
+        shutil.rmtree(saved.directory, ignore_errors=True)
+
+
 def job_checkpointer(
     root: str | None,
     every: int,
@@ -250,4 +320,6 @@ def job_checkpointer(
         "output": str(Path(output).resolve()),
         "code_version": code_version(),
     }
-    return Checkpointer(checkpoint_root(root), identity, every)
+    checkpointer = Checkpointer(checkpoint_root(root), identity, every)
+    remove_stale_for_output(checkpointer)
+    return checkpointer

@@ -231,10 +231,37 @@ def cmd_convert_ensemble(args: argparse.Namespace) -> None:
         save_ensemble(model, out, {**provenance, "code_version": code_version()})
 
 
+def cmd_checkpoints(args: argparse.Namespace) -> None:
+    """List the checkpoints under the root (stale ones marked); `--clean` removes those."""
+    import shutil
+
+    from ombrl.checkpoint import checkpoint_root, list_checkpoints
+    from ombrl.runtime import code_version
+
+    root = checkpoint_root(args.checkpoint_dir)
+    code = code_version()
+    saved = list_checkpoints(root)
+    stale = [c for c in saved if c.stale_reason(code) is not None]
+    for checkpoint in saved:
+        reason = checkpoint.stale_reason(code)
+        output = checkpoint.identity.get("output", "?")
+        state = f"stale: {reason}" if reason else "resumable"
+        print(f"{checkpoint.directory.name[:12]}  step {checkpoint.step}  {output}  ({state})")
+    if args.clean:
+        for checkpoint in stale:
+            shutil.rmtree(checkpoint.directory, ignore_errors=True)
+    done = "removed" if args.clean else "--clean removes them"
+    print(f"{root}: {len(saved)} checkpoints, {len(stale)} stale ({done})")
+
+
 def cmd_check_config(args: argparse.Namespace) -> None:
     from ombrl.config import load_study, read_yaml
+    from ombrl.data.collect import study_problems
 
     study = load_study(read_yaml(Path(args.config)), args.config)
+    problems = study_problems(study["datasets"], args.config)
+    if problems:
+        raise OmbrlError("\n".join(problems))
     jobs = len(study["seeds"]) * len(study["datasets"])
     print(
         f"{args.config}: valid ({jobs} dataset x seed combinations, modes: "
@@ -542,6 +569,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="upstream folder: metadata.yaml and model_{i}/*.pt")
     p.add_argument("--output", required=True, help="folder for model.safetensors + model.json")
     p.set_defaults(func=cmd_convert_ensemble)
+
+    p = sub.add_parser(
+        "checkpoints", help="list saved training states; --clean removes the stale ones"
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        help="root of the checkpoints (default: $OMBRL_CHECKPOINT_DIR, else .checkpoints)",
+    )
+    p.add_argument(
+        "--clean",
+        action="store_true",
+        help="remove the checkpoints no rerun can resume (saved by other code, unreadable)",
+    )
+    p.set_defaults(func=cmd_checkpoints)
 
     p = sub.add_parser("check-config", help="validate a study config against the schema")
     p.add_argument("config", help="study YAML, e.g. config/config.yaml")

@@ -292,8 +292,6 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
                 parse_name(name)
             except OmbrlError as e:
                 problems.append(f"{source}: datasets.{name}: {e}")
-        else:
-            problems += _collect_problems(spec, f"{source}: datasets.{name}")
     resolved = {}
     for name, entry in study["ensembles"].items():
         path = root / ENSEMBLE_CONFIG_DIR / f"{entry['config']}.yaml"
@@ -344,20 +342,6 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
     study["ensembles"] = resolved
     study["modes"] = modes
     return study
-
-
-def _collect_problems(spec: dict, where: str) -> list[str]:
-    """What `ombrl collect` would refuse in a dataset entry: an env it cannot collect from,
-    a behaviour policy the env has no controller for."""
-    from ombrl.data.collect import mujoco_env_ids
-    from ombrl.data.controllers import policy_names
-
-    if spec["env"] not in mujoco_env_ids():
-        return [f"{where}.env: {spec['env']!r} is not a gymnasium MuJoCo -v5 environment"]
-    if spec["policy"] not in policy_names(spec["env"]):
-        choices = ", ".join(policy_names(spec["env"]))
-        return [f"{where}.policy: {spec['env']} has no {spec['policy']!r} controller ({choices})"]
-    return []
 
 
 def _resolve_modes(entries: object, source: str, problems: list[str]) -> dict:

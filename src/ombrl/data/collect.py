@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from ombrl import __version__
-from ombrl.data.controllers import SCRIPTED, Policy, make_policy
+from ombrl.data.controllers import SCRIPTED, Policy, make_policy, policy_names
 from ombrl.data.scores import D4RL_REF_SCORES, d4rl_family
 from ombrl.errors import OmbrlError
 from ombrl.tracking import atomic_file, check_output_dir
@@ -50,6 +50,28 @@ def mujoco_env_ids() -> tuple[str, ...]:
             and spec.entry_point.startswith("gymnasium.envs.mujoco")
         )
     )
+
+
+def study_problems(datasets: dict, source: str) -> list[str]:
+    """What `collect` would refuse in a study's `datasets:` (an env it cannot collect from,
+    a behaviour policy the env has no controller for), one line each, before any job runs.
+
+    Called by `check-config` and the workflow's load, not by `ombrl.config.load_study`: a
+    stage that loads configs must not import this module (its code fingerprint would grow).
+    """
+    problems = []
+    for name, spec in datasets.items():
+        if spec["source"] != "collect":
+            continue
+        where = f"{source}: datasets.{name}"
+        if spec["env"] not in mujoco_env_ids():
+            problems.append(f"{where}.env: {spec['env']!r} is not a gymnasium MuJoCo -v5 env")
+        elif spec["policy"] not in policy_names(spec["env"]):
+            choices = ", ".join(policy_names(spec["env"]))
+            problems.append(
+                f"{where}.policy: {spec['env']} has no {spec['policy']!r} controller ({choices})"
+            )
+    return problems
 
 
 def collect(
