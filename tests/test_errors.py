@@ -108,15 +108,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """(exit code, stderr) of `ombrl ARGV` run in this process; stdout stays in `capsys`."""
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `ombrl ARGV` run in this process."""
     try:
         code = main(argv)
     except SystemExit as exit_:  # argparse's own errors
         code = exit_.code
     captured = capsys.readouterr()
-    run_cli.out = captured.out
-    return code, captured.err
+    return code, captured.out, captured.err
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -345,7 +344,7 @@ def test_user_mistake_is_one_line_and_leaves_nothing(
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the flags' own URIs are what is tested
     names = {key: str(path) for key, path in files.items()} | {"out": str(tmp_path)}
     argv = [arg.format(**names) for arg in argv]
-    code, err = run_cli(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert (code, err.count("\n")) == (2, 1), err
     assert err.startswith("ombrl: error: ") and expected.format(**names) in err, err
     assert list(tmp_path.iterdir()) == [], "a failed job left outputs behind"
@@ -354,13 +353,14 @@ def test_user_mistake_is_one_line_and_leaves_nothing(
 
 def test_drop_nonfinite_drops_whole_episodes_and_says_so(files, tmp_path, capsys):
     argv = ["train-policy", "--dataset", str(files["nan_act"]), *BC, "--drop-nonfinite"]
-    code, err = run_cli([*argv, "--output", str(tmp_path / "pol")], capsys)
+    code, _, err = run_cli([*argv, "--output", str(tmp_path / "pol")], capsys)
     assert code == 0, err
     assert "nan_act.hdf5: dropped 1 of 4 episodes (100 rows) holding non-finite values" in err
     assert (tmp_path / "pol" / "policy.safetensors").is_file()
-    code, err = run_cli(["dataset", "inspect", str(files["nan_obs"]), "--drop-nonfinite"], capsys)
+    argv = ["dataset", "inspect", str(files["nan_obs"]), "--drop-nonfinite"]
+    code, out, err = run_cli(argv, capsys)
     assert code == 0, err
-    assert json.loads(run_cli.out)["transitions"] == ROWS - EPISODE
+    assert json.loads(out)["transitions"] == ROWS - EPISODE
 
 
 def test_d4rl_server_names_and_files_without_metadata(tmp_path, capsys):
@@ -368,8 +368,8 @@ def test_d4rl_server_names_and_files_without_metadata(tmp_path, capsys):
     the stages that never act in an environment, and by the others given --env."""
     hopper = {"obs": 11, "act": 3, "env": None}
     served = write_dataset(tmp_path / "hopper_medium-v2.hdf5", **hopper)
-    code, err = run_cli(["dataset", "inspect", str(served)], capsys)
-    summary = json.loads(run_cli.out)
+    code, out, err = run_cli(["dataset", "inspect", str(served)], capsys)
+    summary = json.loads(out)
     assert code == 0, err
     assert (summary["env_id"], summary["ref_max_score"], summary["notes"]) == (
         "Hopper-v4",
@@ -377,17 +377,17 @@ def test_d4rl_server_names_and_files_without_metadata(tmp_path, capsys):
         [],
     )
     mystery = write_dataset(tmp_path / "mystery.hdf5", **hopper)
-    code, err = run_cli(["dataset", "inspect", str(mystery)], capsys)
-    summary = json.loads(run_cli.out)
+    code, out, err = run_cli(["dataset", "inspect", str(mystery)], capsys)
+    summary = json.loads(out)
     assert code == 0, err
     assert summary["env_id"] is None
     assert any("reference scores unknown" in note for note in summary["notes"])
     argv = ["train-ensemble", "--dataset", str(mystery), "--output", str(tmp_path / "ens")]
-    code, err = run_cli([*argv, *ENSEMBLE], capsys)
+    code, _, err = run_cli([*argv, *ENSEMBLE], capsys)
     assert code == 0, err
     assert (tmp_path / "ens" / "model.safetensors").is_file()
     argv = ["train-policy", "--dataset", str(mystery), "--env", "Hopper-v4", *BC]
-    code, err = run_cli([*argv, "--output", str(tmp_path / "pol")], capsys)
+    code, _, err = run_cli([*argv, "--output", str(tmp_path / "pol")], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "pol" / "eval.json").read_text())["env_id"] == "Hopper-v4"
 
@@ -408,7 +408,7 @@ def test_unreachable_tracking_server_warns_in_seconds_and_the_job_trains(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # restored afterwards
     out = tmp_path / "ens"
     start = time.monotonic()
-    code, err = run_cli(
+    code, _, err = run_cli(
         ["train-ensemble", "--dataset", str(files["good"]), "--output", str(out), "--quiet", *TINY],
         capsys,
     )
@@ -459,16 +459,26 @@ def fill(disk: Path) -> None:
 def test_collect_on_a_full_disk_is_one_line_and_leaves_no_file(small_disk, capsys):
     disk = small_disk("16k")
     argv = ["collect", "--env", "InvertedPendulum-v5", "--policy", "random"]
-    code, err = run_cli([*argv, "--transitions", "2000", "--output", f"{disk}/d.hdf5"], capsys)
+    code, _, err = run_cli([*argv, "--transitions", "2000", "--output", f"{disk}/d.hdf5"], capsys)
     assert (code, err.count("\n")) == (2, 1), err
     assert f"--output {disk}/d.hdf5: cannot write (No space left on device)" in err, err
+    assert list(disk.iterdir()) == []
+
+
+def test_policy_outputs_on_a_full_disk_are_one_line_and_leave_nothing(files, small_disk, capsys):
+    disk = small_disk("64k")  # a 256 x 256 policy is ~300 kB of weights
+    argv = ["train-policy", "--dataset", str(files["good"]), *BC, "hidden_size=256,256"]
+    code, _, err = run_cli([*argv, "--output", f"{disk}/pol"], capsys)
+    assert (code, err.count("\n")) == (2, 1), err
+    expected = f"{disk}/pol: cannot write the outputs (No space left on device); nothing written"
+    assert expected in err, err
     assert list(disk.iterdir()) == []
 
 
 def test_read_only_output_fails_before_training(files, small_disk, capsys):
     disk = small_disk("1m", "ro")
     argv = ["train-policy", "--dataset", str(files["good"]), *BC]
-    code, err = run_cli([*argv, "--output", f"{disk}/pol"], capsys)
+    code, _, err = run_cli([*argv, "--output", f"{disk}/pol"], capsys)
     assert (code, err.count("\n")) == (2, 1), err
     assert f"--output {disk}/pol: cannot write in {disk} (Read-only file system)" in err, err
 
@@ -478,12 +488,12 @@ def test_tracking_store_on_a_full_disk_still_writes_the_model(
 ):
     disk = small_disk("8m")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{disk}/mlflow.db")
-    code, err = run_cli(["tracking-init"], capsys)
+    code, _, err = run_cli(["tracking-init"], capsys)
     assert code == 0, err
     fill(disk)
     out, csv = tmp_path / "ens", tmp_path / "metrics.csv"
     argv = ["train-ensemble", "--dataset", str(files["good"]), "--output", str(out)]
-    code, err = run_cli([*argv, "--csv", str(csv), "--quiet", *TINY], capsys)
+    code, _, err = run_cli([*argv, "--csv", str(csv), "--quiet", *TINY], capsys)
     assert code == 0, err
     assert err.count("\n") == 1 and err.startswith("ombrl: warning: tracking stopped"), err
     assert "full" in err or "disk" in err, err
@@ -528,8 +538,10 @@ def test_rerun_after_a_code_edit_says_it_starts_over_and_removes_the_old_state(
     err = capsys.readouterr().err
     assert fresh.directory != old and not old.exists()
     assert err.count("\n") == 1, err
-    assert f"a checkpoint of {output} at step 5 ({old}) was saved with other code_version; " in err
-    assert "starting over and removing it" in err
+    assert (
+        f"ombrl: the checkpoint of {output} at step 5 ({old}) is stale (saved by code 1.0+old, "
+        "now 1.0+new); starting over and removing it"
+    ) in err
     assert fresh.load() is None
 
 

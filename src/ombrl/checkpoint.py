@@ -12,9 +12,9 @@ config, seed, threads, device, input checksums, code version): a changed job nev
 stale state. A new step folder is complete before the older one is removed, so a kill during a
 save leaves the previous state usable.
 
-A checkpoint whose key no rerun can reach again (its code version or settings changed since)
-is stale: a job that finds one for its own output says it starts over and why, and removes
-it; `ombrl checkpoints` lists every checkpoint and `--clean` removes the stale ones.
+A checkpoint saved by other code than the current one is stale: no rerun can resume it. A job
+that finds one for its own output says it starts over and why, and removes it; `ombrl
+checkpoints` lists every checkpoint and `--clean` removes the stale ones.
 
 A checkpoint that cannot be read (truncated, edited, from another job) is ignored with a
 warning on stderr, and the job falls back to an older one or starts over: restarting costs time
@@ -264,22 +264,19 @@ def list_checkpoints(root: Path) -> list[SavedCheckpoint]:
     return found
 
 
-def _changes(old: Mapping, new: Mapping) -> list[str]:
-    """The identity keys whose values differ (what made a checkpoint stale)."""
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-
-
 def remove_stale_for_output(checkpointer: Checkpointer) -> None:
-    """Remove the checkpoints of the same output saved under another identity (a code edit
-    or a changed setting between a kill and the rerun), saying so: the job starts over."""
+    """Remove the checkpoints of the same output saved by other code (a code edit between a
+    kill and the rerun: no rerun can resume them), saying so: the job starts over. Those
+    saved with other settings are kept: running the old settings again resumes them."""
     output = checkpointer.identity["output"]
+    code = checkpointer.identity["code_version"]
     for saved in list_checkpoints(checkpointer.directory.parent):
-        if saved.directory == checkpointer.directory or saved.identity.get("output") != output:
+        reason = saved.stale_reason(code)
+        if saved.identity.get("output") != output or reason is None:
             continue
-        changed = ", ".join(_changes(saved.identity, checkpointer.identity))
         print(
-            f"ombrl: a checkpoint of {output} at step {saved.step} ({saved.directory}) was saved "
-            f"with other {changed}; starting over and removing it",
+            f"ombrl: the checkpoint of {output} at step {saved.step} ({saved.directory}) is "
+            f"stale ({reason}); starting over and removing it",
             file=sys.stderr,
         )
         shutil.rmtree(saved.directory, ignore_errors=True)

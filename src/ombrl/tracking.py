@@ -144,7 +144,8 @@ def staged_directory(directory: Path) -> Iterator[Path]:
     """Yield a scratch folder beside `directory`; move its files into `directory` on success.
 
     A job that fails leaves nothing behind in `directory` (no partial outputs); one that
-    succeeds replaces each file atomically.
+    succeeds replaces each file atomically. A write that fails (a full disk) is one
+    OmbrlError naming the folder and the cause.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +155,10 @@ def staged_directory(directory: Path) -> Iterator[Path]:
         directory.mkdir(exist_ok=True)
         for item in scratch.iterdir():
             os.replace(item, directory / item.name)
+    except OSError as err:
+        raise OmbrlError(
+            f"{directory}: cannot write the outputs ({err.strerror or err}); nothing written"
+        ) from err
     finally:
         for item in scratch.iterdir() if scratch.exists() else []:
             item.unlink()

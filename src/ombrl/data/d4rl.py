@@ -158,11 +158,12 @@ def download(name: str, cache_dir: Path, timeout: float = 60) -> Path:
 
     Args:
         name: D4RL name, e.g. "hopper-medium-v2".
-        cache_dir: folder holding `<name>.hdf5`; created if missing.
+        cache_dir: folder holding `<name>.hdf5` (or the server's file name, as the d4rl
+            package caches it: `hopper_medium-v2.hdf5`); created if missing.
         timeout: seconds to wait for the server on connect and on each read.
 
     Returns:
-        `cache_dir/<name>.hdf5`, checked to be a readable D4RL file.
+        The cached file, checked to be a readable D4RL file.
 
     Raises:
         OmbrlError: bad name, unreachable server or HTTP error, truncated or invalid
@@ -171,12 +172,14 @@ def download(name: str, cache_dir: Path, timeout: float = 60) -> Path:
     parsed = parse_name(name)
     cache_dir = Path(cache_dir)
     target = cache_dir / f"{parsed}.hdf5"
-    if target.is_file():
-        try:
-            check_hdf5(target)
-            return target
-        except OmbrlError as err:
-            print(f"ombrl: cached {err}; downloading it again", file=sys.stderr)
+    served = cache_dir / Path(server_path(parsed)).name  # as the d4rl package caches it
+    for cached in (target, served):
+        if cached.is_file():
+            try:
+                check_hdf5(cached)
+                return cached
+            except OmbrlError as err:
+                print(f"ombrl: cached {err}; downloading it again", file=sys.stderr)
     url = dataset_url(parsed)
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{parsed}.", suffix=".part")
