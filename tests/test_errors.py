@@ -25,6 +25,7 @@ from ombrl.checkpoint import job_checkpointer
 from ombrl.cli import main
 from ombrl.evaluate import continuous_spaces
 from ombrl.models.ensemble import DynamicsEnsemble, save_ensemble
+from ombrl.tracking import MlflowRun, resolve_tracking_uri
 
 pytestmark = pytest.mark.slow
 
@@ -557,3 +558,19 @@ def test_checkpoints_verb_lists_and_cleans_stale_ones(tmp_path, capsys, monkeypa
     assert f"{tmp_path / 'b'}  (resumable)" in out, out
     assert main(["checkpoints", "--checkpoint-dir", str(root), "--clean"]) == 0
     assert not stale.exists() and current.exists()
+
+
+def test_store_that_fills_mid_run_gives_one_warning_and_stops_tracking(
+    small_disk, capsys, monkeypatch
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # it would win over the store under test
+    disk = small_disk("8m")
+    run = MlflowRun(resolve_tracking_uri(f"sqlite:///{disk}/mlflow.db"), "e", "r", {}, {"a": 1})
+    assert run.error is None
+    fill(disk)
+    for step in range(200):
+        run.log({f"metric{i}": float(i) for i in range(50)}, step)
+    run.finish()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ombrl: warning: tracking stopped"), err
+    assert "database or disk is full" in run.error, run.error
