@@ -91,7 +91,7 @@ def run(job: PolicyJob) -> None:
     if job.dataset is None and not spec.online:
         online = [name for name, other in METHODS.items() if other.online]
         raise OmbrlError(
-            f"--env trains online, which only {', '.join(online)} does, not {job.method}"
+            f"--env trains online, which only --mode {', '.join(online)} does, not {job.method}"
         )
     if job.dataset is not None and job.warmup is not None:
         raise OmbrlError(
