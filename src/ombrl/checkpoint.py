@@ -264,6 +264,29 @@ def list_checkpoints(root: Path) -> list[SavedCheckpoint]:
     return found
 
 
+def checkpoints_report(root: Path, clean: bool) -> str:
+    """`ombrl checkpoints`: one line per checkpoint under `root` (key, step, output, and
+    whether a rerun can resume it), then a count; with `clean`, the stale ones are removed."""
+    from ombrl.runtime import code_version
+
+    code = code_version()
+    saved = list_checkpoints(root)
+    lines, stale = [], 0
+    for checkpoint in saved:
+        reason = checkpoint.stale_reason(code)
+        state = f"stale: {reason}" if reason else "resumable"
+        output = checkpoint.identity.get("output", "?")
+        lines.append(
+            f"{checkpoint.directory.name[:12]}  step {checkpoint.step}  {output}  ({state})"
+        )
+        if reason is not None:
+            stale += 1
+            if clean:
+                shutil.rmtree(checkpoint.directory, ignore_errors=True)
+    done = "removed" if clean else "--clean removes them"
+    return "\n".join([*lines, f"{root}: {len(saved)} checkpoints, {stale} stale ({done})"])
+
+
 def remove_stale_for_output(checkpointer: Checkpointer) -> None:
     """Remove the checkpoints of the same output saved by other code (a code edit between a
     kill and the rerun: no rerun can resume them), saying so: the job starts over. Those

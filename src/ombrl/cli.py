@@ -232,26 +232,9 @@ def cmd_convert_ensemble(args: argparse.Namespace) -> None:
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> None:
-    """List the checkpoints under the root (stale ones marked); `--clean` removes those."""
-    import shutil
+    from ombrl.checkpoint import checkpoint_root, checkpoints_report
 
-    from ombrl.checkpoint import checkpoint_root, list_checkpoints
-    from ombrl.runtime import code_version
-
-    root = checkpoint_root(args.checkpoint_dir)
-    code = code_version()
-    saved = list_checkpoints(root)
-    stale = [c for c in saved if c.stale_reason(code) is not None]
-    for checkpoint in saved:
-        reason = checkpoint.stale_reason(code)
-        output = checkpoint.identity.get("output", "?")
-        state = f"stale: {reason}" if reason else "resumable"
-        print(f"{checkpoint.directory.name[:12]}  step {checkpoint.step}  {output}  ({state})")
-    if args.clean:
-        for checkpoint in stale:
-            shutil.rmtree(checkpoint.directory, ignore_errors=True)
-    done = "removed" if args.clean else "--clean removes them"
-    print(f"{root}: {len(saved)} checkpoints, {len(stale)} stale ({done})")
+    print(checkpoints_report(checkpoint_root(args.checkpoint_dir), args.clean))
 
 
 def cmd_check_config(args: argparse.Namespace) -> None:
