@@ -9,7 +9,13 @@ import h5py
 import numpy as np
 import pytest
 
-from ombrl.data.d4rl import dataset_url, infer_timeouts, parse_name, read_hdf5
+from ombrl.data.d4rl import (
+    dataset_url,
+    infer_timeouts,
+    parse_file_stem,
+    parse_name,
+    read_hdf5,
+)
 from ombrl.data.dataset import Dataset
 from ombrl.data.inspect import summarize
 from ombrl.data.scores import D4RL_REF_SCORES, normalized_score, reference_scores
@@ -233,6 +239,8 @@ def test_dataset_url(name, rel, monkeypatch):
     monkeypatch.delenv("OMBRL_D4RL_URL", raising=False)
     assert dataset_url(name) == BASE + rel
     assert str(parse_name(name)) == name
+    # A file under its server name (as the d4rl package caches it) is the same dataset.
+    assert parse_file_stem(Path(rel).stem) == parse_name(name)
 
 
 def test_dataset_url_base_override(monkeypatch):

@@ -74,6 +74,14 @@ def test_download_puts_a_valid_file_in_the_cache_once(server, hdf5_bytes, tmp_pa
     assert server.requests == [ROUTE]  # the second call used the cache
 
 
+def test_file_cached_under_its_server_name_is_used(server, hdf5_bytes, tmp_path):
+    """The d4rl package caches `hopper_medium-v2.hdf5`: copied into the cache, it is used."""
+    served = tmp_path / Path(ROUTE).name
+    served.write_bytes(hdf5_bytes)
+    assert download(NAME, tmp_path) == served
+    assert server.requests == []
+
+
 def test_broken_cached_file_is_downloaded_again(server, hdf5_bytes, tmp_path):
     server.routes[ROUTE] = (hdf5_bytes, len(hdf5_bytes))
     (tmp_path / f"{NAME}.hdf5").write_bytes(b"half a file")

@@ -89,9 +89,9 @@ ENV = ["--env", "Pendulum-v1"]
     [
         ([*ENV, "--mode", "bc"], "--env trains online, which only --mode sac does, not bc"),
         ([*ENV, "--mode", "sac", "--warmup", "10"], "warmup: 10 steps cannot fill a batch of 256"),
-        (
+        (  # with --dataset, --env names the data's environment: offline, the file is read
             [*ENV, "--mode", "sac", "--dataset", "d.hdf5"],
-            "--dataset: not allowed with argument --env",
+            "d.hdf5: no such dataset file",
         ),
         (
             ["--dataset", "d.hdf5", "--mode", "sac", "--warmup", "500"],

@@ -305,5 +305,7 @@ def test_key_covers_every_identity_field_and_root_defaults(monkeypatch, tmp_path
 
 def test_negative_checkpoint_every_is_a_user_error(dataset, tmp_path, capsys):
     argv = ensemble_argv(dataset, tmp_path, tmp_path / "ckpt", every=-1)
-    assert main(argv) == 2
-    assert "--checkpoint-every: -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # argparse's range check, before any work
+        main(argv)
+    assert exit_.value.code == 2
+    assert "argument --checkpoint-every: -1 must be at least 0" in capsys.readouterr().err

@@ -12,6 +12,10 @@ config, seed, threads, device, input checksums, code version): a changed job nev
 stale state. A new step folder is complete before the older one is removed, so a kill during a
 save leaves the previous state usable.
 
+A checkpoint saved by other code than the current one is stale: no rerun can resume it. A job
+that finds one for its own output says it starts over and why, and removes it; `ombrl
+checkpoints` lists every checkpoint and `--clean` removes the stale ones.
+
 A checkpoint that cannot be read (truncated, edited, from another job) is ignored with a
 warning on stderr, and the job falls back to an older one or starts over: restarting costs time
 but never gives wrong numbers, and an automatic restart must not fail forever on a bad file.
@@ -166,9 +170,13 @@ class Checkpointer:
 
     def _folders(self) -> list[Path]:
         """Step folders, newest first."""
-        if not self.directory.is_dir():
+        return self._folders_of(self.directory)
+
+    @staticmethod
+    def _folders_of(directory: Path) -> list[Path]:
+        if not directory.is_dir():
             return []
-        folders = [p for p in self.directory.iterdir() if p.name.startswith(_STEP_PREFIX)]
+        folders = [p for p in directory.iterdir() if p.name.startswith(_STEP_PREFIX)]
         return sorted(folders, key=lambda p: p.name, reverse=True)
 
     def save(self, step: int, tensors: Mapping[str, Tensor], meta: Mapping) -> None:
@@ -215,6 +223,88 @@ class Checkpointer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+@dataclass
+class SavedCheckpoint:
+    """One job's folder under a checkpoint root, as `list_checkpoints` finds it.
+
+    Attributes:
+        directory: `<root>/<key>`.
+        step: the newest saved step (None: no readable state).
+        identity: the job identity stored with it ({} when unreadable).
+    """
+
+    directory: Path
+    step: int | None
+    identity: dict
+
+    def stale_reason(self, code: str) -> str | None:
+        """Why no rerun can resume it (None: a rerun of its job can): unreadable, or saved by
+        other code than `code` (the current `code_version()`)."""
+        if self.step is None:
+            return "no readable state"
+        if self.identity.get("code_version") != code:
+            return f"saved by code {self.identity.get('code_version')}, now {code}"
+        return None
+
+
+def list_checkpoints(root: Path) -> list[SavedCheckpoint]:
+    """Every job folder under `root` with its newest step and identity (read from the JSON
+    only: no tensors are loaded)."""
+    found = []
+    for directory in sorted(p for p in Path(root).glob("*") if p.is_dir()):
+        step, identity = None, {}
+        for folder in Checkpointer._folders_of(directory):
+            try:
+                document = json.loads((folder / f"{STATE_NAME}.json").read_text())["meta"]
+                step, identity = int(document["step"]), dict(document["job"])
+                break
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        found.append(SavedCheckpoint(directory, step, identity))
+    return found
+
+
+def checkpoints_report(root: Path, clean: bool) -> str:
+    """`ombrl checkpoints`: one line per checkpoint under `root` (key, step, output, and
+    whether a rerun can resume it), then a count; with `clean`, the stale ones are removed."""
+    from ombrl.runtime import code_version
+
+    code = code_version()
+    saved = list_checkpoints(root)
+    lines, stale = [], 0
+    for checkpoint in saved:
+        reason = checkpoint.stale_reason(code)
+        state = f"stale: {reason}" if reason else "resumable"
+        output = checkpoint.identity.get("output", "?")
+        lines.append(
+            f"{checkpoint.directory.name[:12]}  step {checkpoint.step}  {output}  ({state})"
+        )
+        if reason is not None:
+            stale += 1
+            if clean:
+                shutil.rmtree(checkpoint.directory, ignore_errors=True)
+    done = "removed" if clean else "--clean removes them"
+    return "\n".join([*lines, f"{root}: {len(saved)} checkpoints, {stale} stale ({done})"])
+
+
+def remove_stale_for_output(checkpointer: Checkpointer) -> None:
+    """Remove the checkpoints of the same output saved by other code (a code edit between a
+    kill and the rerun: no rerun can resume them), saying so: the job starts over. Those
+    saved with other settings are kept: running the old settings again resumes them."""
+    output = checkpointer.identity["output"]
+    code = checkpointer.identity["code_version"]
+    for saved in list_checkpoints(checkpointer.directory.parent):
+        reason = saved.stale_reason(code)
+        if saved.identity.get("output") != output or reason is None:
+            continue
+        print(
+            f"ombrl: the checkpoint of {output} at step {saved.step} ({saved.directory}) is "
+            f"stale ({reason}); starting over and removing it",
+            file=sys.stderr,
+        )
+        shutil.rmtree(saved.directory, ignore_errors=True)
+
+
 def job_checkpointer(
     root: str | None,
     every: int,
@@ -250,4 +340,6 @@ def job_checkpointer(
         "output": str(Path(output).resolve()),
         "code_version": code_version(),
     }
-    return Checkpointer(checkpoint_root(root), identity, every)
+    checkpointer = Checkpointer(checkpoint_root(root), identity, every)
+    remove_stale_for_output(checkpointer)
+    return checkpointer

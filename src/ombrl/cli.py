@@ -84,7 +84,8 @@ def cmd_dataset_inspect(args: argparse.Namespace) -> None:
     from ombrl.data.d4rl import load_dataset
     from ombrl.data.inspect import summarize
 
-    print(json.dumps(summarize(load_dataset(args.dataset)), indent=2))
+    dataset = load_dataset(args.dataset, args.env, args.drop_nonfinite, need_env=False)
+    print(json.dumps(summarize(dataset), indent=2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +117,8 @@ def cmd_train_ensemble(args: argparse.Namespace) -> None:
             checkpoint_every=args.checkpoint_every,
             checkpoint_dir=args.checkpoint_dir,
             tracking_uri=args.tracking_uri,
+            env=args.env,
+            drop_nonfinite=args.drop_nonfinite,
         )
     )
 
@@ -131,6 +134,8 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
     from ombrl.methods import method_spec
     from ombrl.training.loop import Evaluation
 
+    if args.dataset is None and args.env is None:
+        raise OmbrlError("train-policy: give --dataset (offline) or --env (online)")
     spec = method_spec(args.mode)
     params = parse_params(args.params, spec.section)
     if args.track_eval:  # J-MOReL's habit: evaluate in the real environment every iteration
@@ -160,6 +165,7 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
             checkpoint_every=args.checkpoint_every,
             checkpoint_dir=args.checkpoint_dir,
             tracking_uri=args.tracking_uri,
+            drop_nonfinite=args.drop_nonfinite,
         )
     )
 
@@ -178,7 +184,7 @@ def cmd_uncertainty(args: argparse.Namespace) -> None:
 
     setup(args.seed, args.threads)
     device = resolve_device(args.device)
-    dataset = load_dataset(args.dataset)
+    dataset = load_dataset(args.dataset, args.env, args.drop_nonfinite, need_env=False)
     ensemble, _ = load_ensemble(Path(args.ensemble), device)
     if (ensemble.obs_dim, ensemble.act_dim) != (dataset.obs_dim, dataset.act_dim):
         raise OmbrlError(
@@ -186,6 +192,8 @@ def cmd_uncertainty(args: argparse.Namespace) -> None:
             f"not match {args.dataset}'s ({dataset.obs_dim}, {dataset.act_dim})"
         )
     members = ensemble.elites if args.members == "elites" else None
+    if args.scale == "morel" and dataset.env_id is None:
+        raise OmbrlError(f"--scale morel: {args.dataset} names no environment; pass --env ENV_ID")
     positions = position_dims(get_task(dataset.env_id).name) if args.scale == "morel" else None
     scale = disagreement_scale(
         args.scale, ensemble, dataset.observations, dataset.actions, positions, members
@@ -214,12 +222,16 @@ def cmd_scores(args: argparse.Namespace) -> None:
     from ombrl.scores import (
         aggregates,
         aggregates_markdown,
+        check_output_files,
         final_scores,
         final_scores_markdown,
         gather,
         runs_table,
+        write_tables,
     )
 
+    outputs = {"--output": args.output, "--final": args.final, "--aggregates": args.aggregates}
+    check_output_files({flag: Path(path) for flag, path in outputs.items() if path})
     table = gather([Path(p) for p in args.progress])
     final = final_scores(table, args.last_k)
     # An explicit --baseline must be a mode of the scores; the default (bc) may be absent, and
@@ -235,11 +247,7 @@ def cmd_scores(args: argparse.Namespace) -> None:
         outputs.append((args.aggregates, summary, aggregates_markdown(summary)))
     if args.runs:
         outputs.append((args.runs, runs_table([Path(p) for p in args.progress]), None))
-    for path, frame, markdown in outputs:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(path, index=False)
-        if markdown is not None:
-            Path(path).with_suffix(".md").write_text(markdown)
+    write_tables(outputs)
 
 
 def cmd_tracking_init(args: argparse.Namespace) -> None:
@@ -264,10 +272,20 @@ def cmd_convert_ensemble(args: argparse.Namespace) -> None:
         save_ensemble(model, out, {**provenance, "code_version": code_version()})
 
 
+def cmd_checkpoints(args: argparse.Namespace) -> None:
+    from ombrl.checkpoint import checkpoint_root, checkpoints_report
+
+    print(checkpoints_report(checkpoint_root(args.checkpoint_dir), args.clean))
+
+
 def cmd_check_config(args: argparse.Namespace) -> None:
     from ombrl.config import load_study, read_yaml
+    from ombrl.data.collect import study_problems
 
     study = load_study(read_yaml(Path(args.config)), args.config)
+    problems = study_problems(study["datasets"], args.config)
+    if problems:
+        raise OmbrlError("\n".join(problems))
     jobs = len(study["seeds"]) * len(study["datasets"])
     print(
         f"{args.config}: valid ({jobs} dataset x seed combinations, modes: "
@@ -315,7 +333,9 @@ def cmd_pets(args: argparse.Namespace) -> None:
 
 def _add_pets_parser(sub) -> None:
     p = sub.add_parser("pets", help="PETS: plan with CEM on a learned ensemble, acting online")
-    p.add_argument("--env", required=True, help="InvertedPendulum-v5, Reacher-v5, Pusher-v5, ...")
+    p.add_argument(
+        "--env", type=_env_id, required=True, help="InvertedPendulum-v5, Reacher-v5, Pusher-v5, ..."
+    )
     p.add_argument(
         "--preset", help="config/pets/NAME.yaml or a YAML path (default: the --env preset)"
     )
@@ -345,12 +365,40 @@ def _add_pets_parser(sub) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# argument types: a value out of range is argparse's one-line error, before any work
+
+
+def _at_least(minimum: int):
+    """An argparse type: an integer >= `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {minimum}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _env_id(text: str) -> str:
+    """An argparse type: a gymnasium id with continuous observations and actions."""
+    from ombrl.evaluate import continuous_spaces
+
+    try:
+        continuous_spaces(text)
+    except OmbrlError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("env: ")) from None
+    return text
 
 
 def _add_checkpoint_flags(parser: argparse.ArgumentParser, every: int, unit: str) -> None:
     parser.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=_at_least(0),
         default=every,
         metavar="N",
         help=f"save the training state every N {unit}; a rerun of the same command resumes "
@@ -364,9 +412,29 @@ def _add_checkpoint_flags(parser: argparse.ArgumentParser, every: int, unit: str
     )
 
 
+def _add_dataset_flags(parser: argparse.ArgumentParser, env: bool = True) -> None:
+    """Flags of every verb that reads a dataset."""
+    if env:
+        parser.add_argument(
+            "--env",
+            type=_env_id,
+            metavar="ENV_ID",
+            help="gymnasium id of the data's environment, for a file without metadata/env_id",
+        )
+    parser.add_argument(
+        "--drop-nonfinite",
+        action="store_true",
+        help="drop the episodes holding NaN or inf (and say how many) instead of refusing the file",
+    )
+
+
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and the env")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (reproducibility)")
+    parser.add_argument(
+        "--seed", type=_at_least(0), default=0, help="seeds torch, numpy and the env"
+    )
+    parser.add_argument(
+        "--threads", type=_at_least(1), default=1, help="torch threads (reproducibility)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -391,9 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("collect", help="generate a D4RL-format dataset with gymnasium")
-    p.add_argument("--env", required=True, help="gymnasium id, e.g. InvertedPendulum-v5")
+    p.add_argument(
+        "--env", type=_env_id, required=True, help="gymnasium id, e.g. InvertedPendulum-v5"
+    )
     p.add_argument("--policy", required=True, help="random | medium | expert")
-    p.add_argument("--transitions", type=int, required=True)
+    p.add_argument("--transitions", type=_at_least(1), required=True)
     p.add_argument("--output", required=True, help="HDF5 file to write")
     _add_run_flags(p)
     p.set_defaults(func=cmd_collect)
@@ -430,10 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dataset_fetch)
     p = dsub.add_parser("inspect", help="print a JSON summary of a dataset")
     p.add_argument("dataset", help="D4RL name or HDF5 path")
+    _add_dataset_flags(p)
     p.set_defaults(func=cmd_dataset_inspect)
 
     p = sub.add_parser("train-ensemble", help="fit a dynamics ensemble")
     p.add_argument("--dataset", required=True, help="D4RL name or HDF5 path")
+    _add_dataset_flags(p)
     p.add_argument("--config", help="ensemble YAML, e.g. config/ensembles/pnn.yaml")
     p.add_argument(
         "--params",
@@ -461,18 +533,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_ensemble)
 
     p = sub.add_parser("train-policy", help="train a policy in one offline mode")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", help="D4RL name or HDF5 path: train offline")
-    source.add_argument(
-        "--env", help="gymnasium id, e.g. Pendulum-v1: train SAC online, acting in it"
+    p.add_argument("--dataset", help="D4RL name or HDF5 path: train offline")
+    p.add_argument(
+        "--env",
+        type=_env_id,
+        metavar="ENV_ID",
+        help="gymnasium id, e.g. Pendulum-v1: alone, train SAC online, acting in it; with "
+        "--dataset, the data's environment (for a file without metadata/env_id)",
     )
+    _add_dataset_flags(p, env=False)
     p.add_argument("--mode", required=True, choices=list(METHODS), help="the method")
     p.add_argument(
         "--name", help="the study's mode entry, recorded in outputs and logs (default: --mode)"
     )
     p.add_argument("--ensemble", help="folder of a trained ensemble (model-based modes)")
     p.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE")
-    p.add_argument("--eval-every", type=int, default=1000, help="updates between evaluations")
+    p.add_argument(
+        "--eval-every", type=_at_least(1), default=1000, help="updates between evaluations"
+    )
     p.add_argument(
         "--track-eval",
         "--track_eval",
@@ -480,11 +558,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="track_eval",
         help="NPG methods (morel, j-morel): evaluate every iteration (params eval_every=1)",
     )
-    p.add_argument("--eval-episodes", type=int, default=5)
-    p.add_argument("--eval-seed", type=int, default=100000, help="first evaluation env seed")
+    p.add_argument("--eval-episodes", type=_at_least(1), default=5)
+    p.add_argument(
+        "--eval-seed", type=_at_least(0), default=100000, help="first evaluation env seed"
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument(
-        "--warmup", type=int, help="with --env: random steps before learning (default 1000)"
+        "--warmup",
+        type=_at_least(0),
+        help="with --env: random steps before learning (default 1000)",
     )
     p.add_argument("--output", required=True, help="folder for policy, progress.csv, eval.json")
     _add_checkpoint_flags(p, every=1000, unit="updates (offline only)")
@@ -496,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
         "uncertainty", help="print a dataset's uncertainty statistics under an ensemble"
     )
     p.add_argument("--dataset", required=True, help="D4RL name or HDF5 path")
+    _add_dataset_flags(p)
     p.add_argument("--ensemble", required=True, help="folder of a trained ensemble")
     p.add_argument(
         "--scale",
@@ -509,7 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["elites", "all"],
         help="members measured (rollouts use the elites)",
     )
-    p.add_argument("--batch-size", type=int, default=8192, help="transitions per forward pass")
+    p.add_argument(
+        "--batch-size", type=_at_least(1), default=8192, help="transitions per forward pass"
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_run_flags(p)
@@ -526,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--last-k",
-        type=int,
+        type=_at_least(1),
         default=1,
         metavar="K",
         help="a run's final score: the mean of its last K evaluations (default 1: the last)",
@@ -557,6 +642,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="upstream folder: metadata.yaml and model_{i}/*.pt")
     p.add_argument("--output", required=True, help="folder for model.safetensors + model.json")
     p.set_defaults(func=cmd_convert_ensemble)
+
+    p = sub.add_parser(
+        "checkpoints", help="list saved training states; --clean removes the stale ones"
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        help="root of the checkpoints (default: $OMBRL_CHECKPOINT_DIR, else .checkpoints)",
+    )
+    p.add_argument(
+        "--clean",
+        action="store_true",
+        help="remove the checkpoints no rerun can resume (saved by other code, unreadable)",
+    )
+    p.set_defaults(func=cmd_checkpoints)
 
     p = sub.add_parser("check-config", help="validate a study config against the schema")
     p.add_argument("config", help="study YAML, e.g. config/config.yaml")

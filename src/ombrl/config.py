@@ -9,6 +9,7 @@ so a bad key is reported the same way, before any job runs, one line per problem
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -113,13 +114,47 @@ def validate(data: Any, source: str, schema: dict | None = None, at: str = "") -
     return data
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names one key twice (PyYAML would silently keep the last)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping: a study with two
+    `modes:` blocks would otherwise run the second only, with no word about the first."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKeyError(
+                        f"duplicate key {key!r} at lines {seen[key]} and {line} (only the last "
+                        "would be used)"
+                    )
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> dict:
-    """Read a YAML mapping; a missing or malformed file is a user mistake."""
+    """Read a YAML mapping; a missing, unreadable or malformed file, or one that names a key
+    twice in a mapping, is a user mistake."""
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except DuplicateKeyError as e:
+        raise OmbrlError(f"{path}: {e}") from None
     except FileNotFoundError:
         raise OmbrlError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise OmbrlError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError as e:
+        raise OmbrlError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
+    except PermissionError:
+        raise OmbrlError(f"{path}: cannot be read (permission denied)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -201,7 +236,32 @@ def load_ensemble_config(path: Path | None, overrides: dict, source: str = "--pa
             f"{where}: num_elites: {cfg['num_elites']} is more than num_models "
             f"({cfg['num_models']})"
         )
+    check_model_memory(cfg["hidden_size"], cfg["num_models"], f"{where}: hidden_size")
     return cfg
+
+
+#: Bytes per weight while training: float32 weight, gradient and Adam's two moments.
+TRAINING_BYTES_PER_WEIGHT = 16
+
+
+def check_model_memory(widths: list[int], members: int, where: str) -> None:
+    """Refuse hidden layers whose training state cannot fit in this machine's memory.
+
+    Counts the weights between hidden layers only (input and output sizes depend on the
+    data): a lower bound, so a refusal is certain to be right.
+
+    Raises:
+        OmbrlError: naming `where`, the widths and the memory needed and available.
+    """
+    weights = members * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
+    needed = weights * TRAINING_BYTES_PER_WEIGHT
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise OmbrlError(
+            f"{where}: {widths} x {members} member(s) needs at least "
+            f"{needed / 2**30:.0f} GiB for weights, gradients and Adam state; this machine has "
+            f"{available / 2**30:.0f} GiB"
+        )
 
 
 def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
@@ -365,6 +425,9 @@ def resolve_mode(name: str, entry: Mapping, source: str, at: str = "") -> dict:
             f"{where}{'.method' if at else ''}: {method!r} is not one of {', '.join(METHODS)}{hint}"
         )
     checked = validate(params, source, SCHEMA["$defs"][method_spec(method).section], at)
+    for key in ("hidden_size", "value_hidden_size"):
+        if key in checked:
+            check_model_memory(checked[key], 1, f"{where}.{key}" if at else f"{where}: {key}")
     return {"method": method, **({"datasets": datasets} if datasets else {}), **checked}
 
 

@@ -17,7 +17,15 @@ from ombrl.data.d4rl import load_dataset
 from ombrl.models.ensemble import DynamicsEnsemble, save_ensemble
 from ombrl.models.fit import FitConfig, fit_ensemble
 from ombrl.runtime import code_version, resolve_device, setup
-from ombrl.tracking import CsvLog, mlflow_run, resolve_tracking_uri, staged_directory
+from ombrl.tracking import (
+    CsvLog,
+    check_output_dir,
+    check_output_file,
+    mlflow_run,
+    resolve_tracking_uri,
+    staged_directory,
+    write_tracking_marker,
+)
 
 
 @dataclass
@@ -40,6 +48,9 @@ class EnsembleJob:
         checkpoint_every: save the state every N epochs (0: never).
         checkpoint_dir: root of the checkpoints (None: the default).
         tracking_uri: MLflow store (None or "none": off).
+        env: the environment of a dataset file without metadata/env_id (recorded only: an
+            ensemble is fitted without one).
+        drop_nonfinite: drop the dataset's episodes holding NaN or inf instead of refusing it.
     """
 
     dataset: str
@@ -56,13 +67,19 @@ class EnsembleJob:
     checkpoint_every: int
     checkpoint_dir: str | None
     tracking_uri: str | None
+    env: str | None = None
+    drop_nonfinite: bool = False
 
 
 def run(job: EnsembleJob) -> None:
     """Fit, log and write one ensemble job's outputs."""
     cfg = job.cfg
+    check_output_dir(job.output)
+    if job.csv is not None:
+        check_output_file(job.csv, "--csv")
+    uri = resolve_tracking_uri(job.tracking_uri)
     device = resolve_device(job.device or cfg["device"])
-    dataset = load_dataset(job.dataset)
+    dataset = load_dataset(job.dataset, job.env, job.drop_nonfinite, need_env=False)
     setup(job.seed, job.threads)  # before the model: its initial weights come from this seed
     model = DynamicsEnsemble(
         dataset.obs_dim,
@@ -94,7 +111,6 @@ def run(job: EnsembleJob) -> None:
         "config": job.config_name,
         "seed": job.seed,
     }
-    uri = resolve_tracking_uri(job.tracking_uri)
     run_name = "/".join(str(v) for v in tags.values())
     with mlflow_run(uri, "ensembles", run_name, tags, cfg) as tracked:
 
@@ -128,6 +144,7 @@ def run(job: EnsembleJob) -> None:
     with staged_directory(job.output) as out:
         save_ensemble(model, out, meta)
         log.write(out / "metrics.csv")
+        write_tracking_marker(out, tracked)
     if job.csv is not None:
         log.write(job.csv)
     if checkpoint is not None:

@@ -19,6 +19,28 @@ from ombrl.errors import OmbrlError
 ActFn = Callable[[np.ndarray], np.ndarray]
 
 
+def continuous_spaces(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Box]:
+    """The observation and action spaces of `env_id`, which ombrl's learners can act in.
+
+    Raises:
+        OmbrlError: an id gymnasium does not know, or an environment whose observations or
+            actions are not continuous vectors (CartPole-v1's actions are discrete).
+    """
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as err:
+        raise OmbrlError(f"env: cannot make {env_id!r} ({err})") from err
+    obs_space, act_space = env.observation_space, env.action_space
+    env.close()
+    for what, space in (("observations", obs_space), ("actions", act_space)):
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise OmbrlError(
+                f"env: {env_id!r} has {type(space).__name__} {what}; ombrl needs continuous "
+                "vectors (a 1-d Box), e.g. Pendulum-v1 or Hopper-v4"
+            )
+    return obs_space, act_space
+
+
 def evaluate(act_fn: ActFn, env_id: str, episodes: int, seed: int) -> list[float]:
     """Undiscounted return of each of `episodes` episodes.
 

@@ -28,11 +28,29 @@ FORMAT_VERSION = 1
 def _write_atomic(path: Path, data: bytes) -> Path:
     """Write `data` to a temporary file next to `path`; return it (not yet renamed)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return Path(tmp)
+
+
+def require_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights holding NaN or inf: no job writes a policy, model or score from them.
+
+    Raises:
+        OmbrlError: naming the first non-finite tensor and `where` it was found.
+    """
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise OmbrlError(
+                f"{where}: weights turned non-finite ({name}); nothing written; lower the "
+                "learning rate or check the data"
+            )
 
 
 def save_model(

@@ -10,6 +10,7 @@ each evaluation (raw and D4RL-normalized return), and write the outputs atomical
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +18,18 @@ from ombrl.checkpoint import job_checkpointer
 from ombrl.data.d4rl import load_dataset
 from ombrl.data.scores import D4RL_REF_SCORES, d4rl_family, normalized_score, reference_scores
 from ombrl.errors import OmbrlError
-from ombrl.io import save_model
+from ombrl.io import require_finite, save_model
 from ombrl.methods import METHODS, Inputs, method_module, method_spec
 from ombrl.runtime import code_version, resolve_device, setup
-from ombrl.tracking import CsvLog, mlflow_run, resolve_tracking_uri, staged_directory, write_json
+from ombrl.tracking import (
+    CsvLog,
+    check_output_dir,
+    mlflow_run,
+    resolve_tracking_uri,
+    staged_directory,
+    write_json,
+    write_tracking_marker,
+)
 from ombrl.training.loop import Evaluation
 
 #: Random steps before online learning when `--warmup` is not given.
@@ -37,7 +46,9 @@ class PolicyJob:
         params: the method's resolved settings (`ombrl.config.resolve_mode`, minus `method`).
         output: folder for policy.safetensors, policy.json, progress.csv, eval.json.
         dataset: HDF5 path or D4RL name (offline); None online.
-        env: gymnasium id to train in online; None offline.
+        env: gymnasium id to train in online; with a dataset, the environment of a file
+            without metadata/env_id (None: the file's own).
+        drop_nonfinite: drop the dataset's episodes holding NaN or inf instead of refusing it.
         ensemble: folder of the trained ensemble (methods that need one).
         seed: seeds every training random number.
         threads: torch threads (part of reproducibility).
@@ -66,6 +77,7 @@ class PolicyJob:
     checkpoint_every: int
     checkpoint_dir: str | None
     tracking_uri: str | None
+    drop_nonfinite: bool = False
 
 
 def run(job: PolicyJob) -> None:
@@ -76,21 +88,25 @@ def run(job: PolicyJob) -> None:
             ensemble trained on another dataset, and every input problem the loaders find.
     """
     spec = method_spec(job.method)
-    if job.env is not None and not spec.online:
+    if job.dataset is None and not spec.online:
         online = [name for name, other in METHODS.items() if other.online]
         raise OmbrlError(
-            f"--env trains online, which only {', '.join(online)} does, not {job.method}"
+            f"--env trains online, which only --mode {', '.join(online)} does, not {job.method}"
         )
-    if job.env is None and job.warmup is not None:
-        raise OmbrlError("--warmup: random steps of online training, only with --env")
+    if job.dataset is not None and job.warmup is not None:
+        raise OmbrlError(
+            "--warmup: random steps of online training, only with --env and no --dataset"
+        )
     if spec.needs_ensemble and job.ensemble is None:
         raise OmbrlError(f"--mode {job.method} needs --ensemble DIR (a trained ensemble)")
+    check_output_dir(job.output)
+    uri = resolve_tracking_uri(job.tracking_uri)
     device = resolve_device(job.device)
     identity = {"mode": job.name, "method": job.method, "seed": job.seed}
     meta: dict = {}
     checkpoint = None
     if job.dataset is not None:
-        dataset = load_dataset(job.dataset)
+        dataset = load_dataset(job.dataset, job.env, job.drop_nonfinite)
         ref_scores: tuple[float, float] | None = reference_scores(dataset)
         ensemble, ensemble_meta = _load_ensemble(job, dataset, device)
         identity = {"dataset": Path(job.dataset).stem, **identity}
@@ -143,11 +159,15 @@ def run(job: PolicyJob) -> None:
     setup(job.seed, job.threads)
     train = method_module(job.method).train
     log = CsvLog()
-    uri = resolve_tracking_uri(job.tracking_uri)
     run_name = "/".join(str(v) for v in identity.values())
     with mlflow_run(uri, experiment, run_name, identity, job.params) as tracked:
 
         def on_eval(record: dict) -> None:
+            if not math.isfinite(record["return"]):
+                raise OmbrlError(
+                    f"evaluation at step {record['step']}: return is {record['return']}; "
+                    "nothing written"
+                )
             row = {**identity, "step": record["step"], "return": record["return"]}
             if ref_scores is not None:
                 row["normalized_score"] = normalized_score(record["return"], *ref_scores)
@@ -157,6 +177,7 @@ def run(job: PolicyJob) -> None:
                 tracked.log({k: v for k, v in row.items() if k not in identity}, record["step"])
 
         agent = train(job.method, job.params, inputs, on_eval)
+        require_finite(agent.state_dict(), f"{job.method} policy")
         run_id = None if tracked is None else tracked.run_id
     ref_min, ref_max = ref_scores or (None, None)
     meta = {
@@ -174,6 +195,7 @@ def run(job: PolicyJob) -> None:
         save_model(out, agent.state_dict(), {**meta, "mlflow_run_id": run_id}, name="policy")
         log.write(out / "progress.csv")
         write_json(out / "eval.json", {**meta, "final": log.rows[-1]})
+        write_tracking_marker(out, tracked)
     if checkpoint is not None:
         checkpoint.clear()
 

@@ -24,8 +24,37 @@ from ombrl.stats import (
     probability_of_improvement,
     stratified_bootstrap,
 )
+from ombrl.tracking import atomic_file, check_output_dir
 
 KEY_COLUMNS = ["dataset", "mode", "method", "seed", "step", "return", "normalized_score"]
+
+
+def check_output_files(paths: dict[str, Path]) -> None:
+    """Before reading anything: each table (and its .md) can be written where asked.
+
+    Args:
+        paths: flag -> output path.
+
+    Raises:
+        OmbrlError: a path that is a folder, or a folder that cannot be made or written.
+    """
+    for flag, path in paths.items():
+        for target in (path, path.with_suffix(".md")):
+            if target.is_dir():
+                raise OmbrlError(f"{flag} {path}: {target} is a folder, not a file")
+        check_output_dir(path.parent, flag)
+
+
+def write_tables(outputs: list[tuple[str, pd.DataFrame, str | None]]) -> None:
+    """Write each (path, table, markdown or None) as CSV (+ .md beside it), every file
+    through a temporary one renamed into place: a failure never leaves half a table."""
+    for path, frame, markdown in outputs:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(Path(path), newline="") as f:
+            frame.to_csv(f, index=False)
+        if markdown is not None:
+            with atomic_file(Path(path).with_suffix(".md")) as f:
+                f.write(markdown)
 
 
 def gather(progress_files: list[Path]) -> pd.DataFrame:
@@ -41,6 +70,15 @@ def gather(progress_files: list[Path]) -> pd.DataFrame:
         missing = [c for c in KEY_COLUMNS if c not in frame.columns]
         if missing:
             raise OmbrlError(f"{path}: missing columns {', '.join(missing)}")
+        for column in ("return", "normalized_score"):
+            values = pd.to_numeric(frame.get(column, pd.Series(dtype=float)), errors="coerce")
+            bad = ~np.isfinite(values.to_numpy(dtype=float))
+            if bad.any():
+                raise OmbrlError(
+                    f"{path}: column {column!r} is not a finite number at row "
+                    f"{int(np.flatnonzero(bad)[0]) + 1}; a run with non-finite results is "
+                    "never scored"
+                )
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     rest = [c for c in table.columns if c not in KEY_COLUMNS]

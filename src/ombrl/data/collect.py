@@ -19,8 +19,8 @@ as `ref_max_source`) or store none.
 from __future__ import annotations
 
 import functools
+import io
 import os
-import tempfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -28,9 +28,10 @@ import h5py
 import numpy as np
 
 from ombrl import __version__
-from ombrl.data.controllers import SCRIPTED, Policy, make_policy
+from ombrl.data.controllers import SCRIPTED, Policy, make_policy, policy_names
 from ombrl.data.scores import D4RL_REF_SCORES, d4rl_family
 from ombrl.errors import OmbrlError
+from ombrl.tracking import atomic_file, check_output_dir
 
 REF_RANDOM_SEED = 10_000
 REF_EXPERT_SEED = 20_000
@@ -49,6 +50,28 @@ def mujoco_env_ids() -> tuple[str, ...]:
             and spec.entry_point.startswith("gymnasium.envs.mujoco")
         )
     )
+
+
+def study_problems(datasets: dict, source: str) -> list[str]:
+    """What `collect` would refuse in a study's `datasets:` (an env it cannot collect from,
+    a behaviour policy the env has no controller for), one line each, before any job runs.
+
+    Called by `check-config` and the workflow's load, not by `ombrl.config.load_study`: a
+    stage that loads configs must not import this module (its code fingerprint would grow).
+    """
+    problems = []
+    for name, spec in datasets.items():
+        if spec["source"] != "collect":
+            continue
+        where = f"{source}: datasets.{name}"
+        if spec["env"] not in mujoco_env_ids():
+            problems.append(f"{where}.env: {spec['env']!r} is not a gymnasium MuJoCo -v5 env")
+        elif spec["policy"] not in policy_names(spec["env"]):
+            choices = ", ".join(policy_names(spec["env"]))
+            problems.append(
+                f"{where}.policy: {spec['env']} has no {spec['policy']!r} controller ({choices})"
+            )
+    return problems
 
 
 def collect(
@@ -78,6 +101,9 @@ def collect(
     Raises:
         OmbrlError: unknown env or policy, or non-positive counts.
     """
+    if Path(path).is_dir():
+        raise OmbrlError(f"--output {path}: is a folder, not a file")
+    check_output_dir(Path(path).parent, "--output")
     if env_id not in mujoco_env_ids():
         raise OmbrlError(f"unknown env {env_id!r}; valid: {', '.join(mujoco_env_ids())}")
     if num_transitions < 1 or ref_episodes < 1:
@@ -193,18 +219,25 @@ def reference_scores(env_id: str, ref_episodes: int) -> tuple[float, float | Non
 
 
 def write_hdf5(path: Path, arrays: dict[str, np.ndarray], metadata: dict) -> None:
-    """Write the file under a temporary name in the same folder, then rename it into place."""
+    """Build the file in memory, then write it under a temporary name in the same folder and
+    rename it into place. HDF5 writing straight to a full disk can crash the process
+    (a segfault, no cleanup); a plain write fails with ENOSPC, and the temporary is removed.
+
+    Raises:
+        OmbrlError: the file cannot be written (naming the cause, e.g. no space left).
+    """
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as handle:
+        for key, array in arrays.items():
+            handle.create_dataset(key, data=array)
+        group = handle.create_group("metadata")
+        for key, value in metadata.items():
+            group.create_dataset(key, data=value)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        with h5py.File(tmp, "w") as handle:
-            for key, array in arrays.items():
-                handle.create_dataset(key, data=array)
-            group = handle.create_group("metadata")
-            for key, value in metadata.items():
-                group.create_dataset(key, data=value)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        with atomic_file(path, "wb") as out:
+            out.write(buffer.getbuffer())
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as err:
+        raise OmbrlError(f"--output {path}: cannot write ({err.strerror}); nothing left") from None

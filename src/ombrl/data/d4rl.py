@@ -106,8 +106,8 @@ def parse_name(name: str) -> D4RLName:
     )
 
 
-def dataset_url(name: str | D4RLName) -> str:
-    """Download URL of a D4RL dataset, under $OMBRL_D4RL_URL when that is set.
+def server_path(name: str | D4RLName) -> str:
+    """Where the server keeps a D4RL dataset, relative to its base URL.
 
     v1/v2: `gym_mujoco_{version}/{env}_{quality with _}-{version}.hdf5`; v0:
     `gym_mujoco/{env}_{quality with _}.hdf5`, except medium-replay, published as
@@ -118,13 +118,39 @@ def dataset_url(name: str | D4RLName) -> str:
     if parsed.version == "v0":
         if parsed.quality == "medium-replay":
             env = "walker" if parsed.env == "walker2d" else parsed.env
-            rel = f"gym_mujoco/{env}_mixed.hdf5"
-        else:
-            rel = f"gym_mujoco/{parsed.env}_{quality}.hdf5"
-    else:
-        rel = f"gym_mujoco_{parsed.version}/{parsed.env}_{quality}-{parsed.version}.hdf5"
+            return f"gym_mujoco/{env}_mixed.hdf5"
+        return f"gym_mujoco/{parsed.env}_{quality}.hdf5"
+    return f"gym_mujoco_{parsed.version}/{parsed.env}_{quality}-{parsed.version}.hdf5"
+
+
+def dataset_url(name: str | D4RLName) -> str:
+    """Download URL of a D4RL dataset (`server_path`), under $OMBRL_D4RL_URL when set."""
     base = os.environ.get(BASE_URL_ENV) or BASE_URL
-    return base.rstrip("/") + "/" + rel
+    return base.rstrip("/") + "/" + server_path(name)
+
+
+def _server_stems() -> dict[str, D4RLName]:
+    """Every D4RL file name the server uses (and so the d4rl package caches), by stem."""
+    names = [
+        D4RLName(env, quality, version)
+        for env in ENVS
+        for quality in QUALITIES
+        for version in VERSIONS
+        if not (quality == "full-replay" and version == "v0")
+    ]
+    return {Path(server_path(name)).stem: name for name in names}
+
+
+SERVER_STEMS = _server_stems()
+
+
+def parse_file_stem(stem: str) -> D4RLName | None:
+    """The D4RL dataset a file stem names (`hopper-medium-v2` or the server's
+    `hopper_medium-v2`, `hopper_medium`, `walker_mixed`), or None."""
+    try:
+        return parse_name(stem)
+    except OmbrlError:
+        return SERVER_STEMS.get(stem)
 
 
 def download(name: str, cache_dir: Path, timeout: float = 60) -> Path:
@@ -132,11 +158,12 @@ def download(name: str, cache_dir: Path, timeout: float = 60) -> Path:
 
     Args:
         name: D4RL name, e.g. "hopper-medium-v2".
-        cache_dir: folder holding `<name>.hdf5`; created if missing.
+        cache_dir: folder holding `<name>.hdf5` (or the server's file name, as the d4rl
+            package caches it: `hopper_medium-v2.hdf5`); created if missing.
         timeout: seconds to wait for the server on connect and on each read.
 
     Returns:
-        `cache_dir/<name>.hdf5`, checked to be a readable D4RL file.
+        The cached file, checked to be a readable D4RL file.
 
     Raises:
         OmbrlError: bad name, unreachable server or HTTP error, truncated or invalid
@@ -145,12 +172,14 @@ def download(name: str, cache_dir: Path, timeout: float = 60) -> Path:
     parsed = parse_name(name)
     cache_dir = Path(cache_dir)
     target = cache_dir / f"{parsed}.hdf5"
-    if target.is_file():
-        try:
-            check_hdf5(target)
-            return target
-        except OmbrlError as err:
-            print(f"ombrl: cached {err}; downloading it again", file=sys.stderr)
+    served = cache_dir / Path(server_path(parsed)).name  # as the d4rl package caches it
+    for cached in (target, served):
+        if cached.is_file():
+            try:
+                check_hdf5(cached)
+                return cached
+            except OmbrlError as err:
+                print(f"ombrl: cached {err}; downloading it again", file=sys.stderr)
     url = dataset_url(parsed)
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{parsed}.", suffix=".part")
@@ -222,20 +251,31 @@ def check_hdf5(path: Path) -> int:
         return _check_structure(handle, Path(path))
 
 
-def read_hdf5(path: Path, env_id: str | None = None) -> Dataset:
+def read_hdf5(
+    path: Path,
+    env_id: str | None = None,
+    drop_nonfinite: bool = False,
+    need_env: bool = True,
+) -> Dataset:
     """Read a D4RL-format HDF5 file as transitions that never cross an episode boundary.
 
     Args:
-        path: the file; its stem names the D4RL dataset when it is one (the cache layout).
-        env_id: gymnasium id to record; default: the file's `metadata/env_id`, else the
-            D4RL environment named by the file stem.
+        path: the file; its stem names the D4RL dataset when it is one (our cache layout
+            `hopper-medium-v2` or the server's `hopper_medium-v2`, `hopper_mixed`, ...).
+        env_id: gymnasium id to record (`--env`); default: the file's `metadata/env_id`,
+            else the D4RL environment named by the file stem.
+        drop_nonfinite: drop every episode holding a NaN or infinite value (and say how
+            many on stderr) instead of refusing the file.
+        need_env: False for stages that never act in the environment (inspect, ensemble
+            fitting): an unknown environment is then recorded as None.
 
     Returns:
         A Dataset of N' <= N rows (see the module docstring for the rules), with
         observations/next_observations N' x obs_dim and actions N' x act_dim float32.
 
     Raises:
-        OmbrlError: unreadable file, missing key, inconsistent lengths, or unknown env_id.
+        OmbrlError: unreadable file, missing key, inconsistent lengths, a non-finite value
+            (naming the key and first bad row), or unknown env_id where one is needed.
     """
     path = Path(path)
     with _open(path) as handle:
@@ -255,18 +295,27 @@ def read_hdf5(path: Path, env_id: str | None = None) -> Dataset:
     timeouts_inferred = timeouts is None
     if timeouts is None:
         timeouts = infer_timeouts(terminals, V0_MAX_EPISODE_STEPS)
+    arrays = {"observations": observations, "actions": actions, "rewards": rewards}
+    if next_observations is not None:
+        arrays["next_observations"] = next_observations
+    keep = finite_rows(arrays, terminals | timeouts, path, drop_nonfinite)
+    if keep is not None:
+        observations, actions, rewards = observations[keep], actions[keep], rewards[keep]
+        terminals, timeouts = terminals[keep], timeouts[keep]
+        if next_observations is not None:
+            next_observations = next_observations[keep]
     rows, next_obs, terminals_out, timeouts_out, episode_ids = split_episodes(
         observations, terminals, timeouts, next_observations
     )
     if len(rows) == 0:
         raise OmbrlError(f"{path}: no complete transition (every row was dropped)")
 
-    d4rl_name = _parse_or_none(path.stem)
+    d4rl_name = parse_file_stem(path.stem)
     env = env_id or file_meta.get("env_id") or (d4rl_name.gym_id if d4rl_name else None)
-    if not env:
+    if not env and need_env:
         raise OmbrlError(
             f"{path}: unknown environment: no metadata/env_id and {path.stem!r} is not a "
-            "D4RL name; pass env_id"
+            "D4RL name; pass --env ENV_ID (e.g. --env Hopper-v4)"
         )
     ref_min, ref_max = D4RL_REF_SCORES[d4rl_name.env] if d4rl_name else (None, None)
     metadata = {
@@ -283,12 +332,57 @@ def read_hdf5(path: Path, env_id: str | None = None) -> Dataset:
         terminals=terminals_out,
         timeouts=timeouts_out,
         episode_ids=episode_ids,
-        env_id=str(env),
+        env_id=str(env) if env else None,
         ref_min_score=_float_or(file_meta.get("ref_min_score"), ref_min),
         ref_max_score=_float_or(file_meta.get("ref_max_score"), ref_max),
         checksum=file_sha256(path),
         metadata=metadata,
     )
+
+
+def finite_rows(
+    arrays: dict[str, np.ndarray], ends: np.ndarray, path: Path, drop: bool
+) -> np.ndarray | None:
+    """Check that every value is finite; with `drop`, the rows of the episodes that are.
+
+    Args:
+        arrays: the file's float arrays by key, N rows each.
+        ends: N bool, the rows that end an episode (terminals | timeouts).
+        path: the file, for messages.
+        drop: drop the affected episodes whole instead of refusing the file.
+
+    Returns:
+        None when every value is finite, else an N bool mask of the rows kept.
+
+    Raises:
+        OmbrlError: a non-finite value (without `drop`: naming the key, first bad row and
+            value; with it: when no episode is left).
+    """
+    bad = np.zeros(len(ends), dtype=bool)
+    for key, array in arrays.items():
+        rows = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+        if rows.any() and not drop:
+            row = int(np.flatnonzero(rows)[0])
+            value = array[row] if array.ndim == 1 else array[row][~np.isfinite(array[row])][0]
+            raise OmbrlError(
+                f"{path}: key {key!r} has a non-finite value ({value}) at row {row} "
+                f"({int(rows.sum())} rows in all); fix the file or pass --drop-nonfinite to "
+                "drop the affected episodes"
+            )
+        bad |= rows
+    if not bad.any():
+        return None
+    episode = np.concatenate([[0], np.cumsum(ends[:-1])])
+    dropped = np.unique(episode[bad])
+    keep = ~np.isin(episode, dropped)
+    if not keep.any():
+        raise OmbrlError(f"{path}: every episode holds a non-finite value; nothing is left")
+    print(
+        f"ombrl: warning: {path}: dropped {len(dropped)} of {episode[-1] + 1} episodes "
+        f"({int((~keep).sum())} rows) holding non-finite values (--drop-nonfinite)",
+        file=sys.stderr,
+    )
+    return keep
 
 
 def infer_timeouts(terminals: np.ndarray, max_steps: int) -> np.ndarray:
@@ -402,27 +496,26 @@ def _read_metadata(handle: h5py.File) -> dict:
     return out
 
 
-def _parse_or_none(stem: str) -> D4RLName | None:
-    try:
-        return parse_name(stem)
-    except OmbrlError:
-        return None
-
-
 def _float_or(value: object, default: float | None) -> float | None:
     return default if value is None else float(value)
 
 
-def load_dataset(name_or_path: str) -> Dataset:
+def load_dataset(
+    name_or_path: str,
+    env_id: str | None = None,
+    drop_nonfinite: bool = False,
+    need_env: bool = True,
+) -> Dataset:
     """A dataset from an HDF5 path, or a D4RL name fetched into the data directory
-    (`$OMBRL_DATA_DIR`, else resources/datasets)."""
+    (`$OMBRL_DATA_DIR`, else resources/datasets); the other arguments as `read_hdf5`'s."""
     path = Path(name_or_path)
     if path.suffix in (".hdf5", ".h5") or path.exists():
         if not path.is_file():
             raise OmbrlError(f"{path}: no such dataset file")
-        return read_hdf5(path)
-    parse_name(name_or_path)
-    return read_hdf5(download(name_or_path, data_dir()))
+    else:
+        parse_name(name_or_path)
+        path = download(name_or_path, data_dir())
+    return read_hdf5(path, env_id, drop_nonfinite, need_env)
 
 
 def data_dir() -> Path:

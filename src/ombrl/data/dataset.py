@@ -25,7 +25,8 @@ class Dataset:
         terminals: N bool, true environment terminations.
         timeouts: N bool, episode cut by a time limit (not a terminal).
         episode_ids: N int64, 0-based index of the episode each transition belongs to.
-        env_id: gymnasium id to evaluate policies in (e.g. "Hopper-v4").
+        env_id: gymnasium id to evaluate policies in (e.g. "Hopper-v4"); None when unknown
+            (a file without metadata, read by a stage that never acts in it).
         ref_min_score: return of a random policy (D4RL normalisation), or None if unknown.
         ref_max_score: return of an expert policy, or None if unknown.
         checksum: sha256 of the file the data was read from ("" if built in memory).
@@ -39,7 +40,7 @@ class Dataset:
     terminals: np.ndarray
     timeouts: np.ndarray
     episode_ids: np.ndarray
-    env_id: str
+    env_id: str | None
     ref_min_score: float | None = None
     ref_max_score: float | None = None
     checksum: str = ""

@@ -31,6 +31,7 @@ from ombrl.checkpoint import (
 )
 from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
+from ombrl.io import require_finite
 from ombrl.models.ensemble import DynamicsEnsemble
 
 # A member's snapshot is replaced only when its holdout MSE improves by more than this fraction.
@@ -547,8 +548,10 @@ def fit_ensemble(
         model.eval()
         if not torch.isfinite(sum_mse).all():
             raise OmbrlError(
-                f"ensemble training diverged at epoch {epoch} (non-finite loss); lower lr"
+                f"ensemble training turned non-finite at epoch {epoch} (training loss); nothing "
+                "written; lower lr or check the data"
             )
+        require_finite(dict(model.named_parameters()), f"ensemble training at epoch {epoch}")
         splits = {
             "train": {
                 "mse": sum_mse / n_train,

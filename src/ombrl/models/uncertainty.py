@@ -313,8 +313,19 @@ def dataset_statistics(
 
     Returns:
         kind -> {mean, std, max, p50, p90, p99, p99.9} (plain floats: JSON-able).
+
+    Raises:
+        OmbrlError: a non-finite uncertainty (an ensemble with NaN weights or data out of
+            its range): thresholds chosen from NaN statistics would be meaningless.
     """
     values = dataset_uncertainty(ensemble, dataset, kinds, batch_size, scale, members)
+    for kind, v in values.items():
+        bad = ~np.isfinite(v)
+        if bad.any():
+            raise OmbrlError(
+                f"{kind} uncertainty is non-finite for {int(bad.sum())} of {len(v)} transitions "
+                f"(first: transition {int(np.flatnonzero(bad)[0])}); no statistics printed"
+            )
     return {kind: summarize(v) for kind, v in values.items()}
 
 

@@ -39,7 +39,15 @@ from ombrl.planning.propagation import Propagator, planning_model
 from ombrl.planning.settings import PetsConfig, load_pets_config, preset_path
 from ombrl.runtime import code_version, resolve_device, setup
 from ombrl.tasks import Task, get_task
-from ombrl.tracking import CsvLog, mlflow_run, resolve_tracking_uri, staged_directory, write_json
+from ombrl.tracking import (
+    CsvLog,
+    check_output_dir,
+    mlflow_run,
+    resolve_tracking_uri,
+    staged_directory,
+    write_json,
+    write_tracking_marker,
+)
 
 EPISODE_KEYS = ("observations", "actions", "rewards")
 
@@ -387,6 +395,8 @@ def run_job(
         OmbrlError: an env without task functions or any bad setting, before planning.
     """
     get_task(env_id)  # an env without task functions fails before anything else
+    check_output_dir(output)
+    uri = resolve_tracking_uri(tracking_uri)
     path = preset_path(preset, env_id)
     cfg = load_pets_config(path, controller_args, overrides)
     torch_device = resolve_device(device)
@@ -396,7 +406,6 @@ def run_job(
     checkpoint = job_checkpointer(checkpoint_dir, checkpoint_every, identity, seed, threads, output)
     tags = {"env": env_id, "preset": path.stem, "seed": seed}
     log = CsvLog()
-    uri = resolve_tracking_uri(tracking_uri)
     with mlflow_run(uri, "pets", "/".join(map(str, tags.values())), tags, settings) as run:
 
         def on_row(row: dict) -> None:
@@ -418,6 +427,7 @@ def run_job(
         write_episodes(out / "episodes.hdf5", result.episodes, result.returns)
         log.write(out / "progress.csv")
         write_json(out / "returns.json", {**meta, "returns": result.returns})
+        write_tracking_marker(out, run)
     for i, value in enumerate(result.returns, start=1):
         print(f"iteration {i}: return {value:.1f}")
     if checkpoint is not None:

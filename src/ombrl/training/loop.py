@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
@@ -25,7 +24,8 @@ from ombrl.agents.buffer import Batch
 from ombrl.checkpoint import Checkpointer, prefixed, subset
 from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
-from ombrl.evaluate import evaluate
+from ombrl.evaluate import continuous_spaces, evaluate
+from ombrl.io import require_finite
 
 
 class Learner(Protocol):
@@ -65,14 +65,10 @@ def make_learner(
         seed: seeds the initial weights and policy noise.
 
     Raises:
-        OmbrlError: an unknown env, or a dataset whose dimensions are not the env's.
+        OmbrlError: an unknown env, one without continuous actions, or a dataset whose
+            dimensions are not the env's.
     """
-    try:
-        env = gym.make(env_id)
-    except gym.error.Error as err:
-        raise OmbrlError(f"env: cannot make {env_id!r} ({err})") from err
-    obs_space, act_space = env.observation_space, env.action_space
-    env.close()
+    obs_space, act_space = continuous_spaces(env_id)
     obs_dim, act_dim = obs_space.shape[0], act_space.shape[0]
     if dataset is not None and (obs_dim, act_dim) != (dataset.obs_dim, dataset.act_dim):
         raise OmbrlError(
@@ -139,6 +135,7 @@ def run_updates(
             on_eval(record)
 
     def report(step: int, metrics: dict[str, float]) -> None:
+        require_finite(agent.state_dict(), f"training at update {step}")
         returns = evaluate(
             lambda obs: agent.act(obs, deterministic=True),
             env_id,
@@ -160,7 +157,14 @@ def run_updates(
             report(0, {})
         for step in range(progress_state.step + 1, steps + 1):
             batch, stats = sampler(step - 1)
-            progress_state.add(agent.update(batch))
+            metrics = agent.update(batch)
+            bad = [key for key, value in metrics.items() if not np.isfinite(value)]
+            if bad:
+                raise OmbrlError(
+                    f"training turned non-finite at update {step} ({', '.join(bad)}); nothing "
+                    "written; lower the learning rate or check the data"
+                )
+            progress_state.add(metrics)
             bar.update()
             if step % evaluation.every == 0 or step == steps:
                 report(step, {**progress_state.pop_means(), **stats})
