@@ -190,6 +190,7 @@ def cmd_scores(args: argparse.Namespace) -> None:
         baseline=args.baseline or "bc",
         baseline_required=args.baseline is not None,
         threshold=args.optimality_threshold,
+        all_objectives=args.all_objectives,
     )
     outputs = [(args.output, table, None), (args.final, final, final_scores_markdown(final))]
     if args.aggregates:
@@ -453,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=100.0,
         metavar="SCORE",
         help="optimality gap's target normalized score (default 100: the expert)",
+    )
+    p.add_argument(
+        "--all-objectives",
+        action="store_true",
+        help="aggregate survival and offline exploration modes too (left out by default: "
+        "they optimise something other than the task's return)",
     )
     p.set_defaults(func=cmd_scores)
 

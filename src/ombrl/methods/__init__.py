@@ -46,6 +46,8 @@ class MethodSpec:
             below `num_models`), checked when a study loads.
         online: can also train by acting in an environment (`train-policy --env`).
         progress: the unit of its progress (`step` column): `updates`, `iterations`, ...
+        task_objective: it maximises the task's return; False for the thesis's survival and
+            offline exploration modes, whose scores aggregates leave out unless asked.
     """
 
     name: str
@@ -55,6 +57,7 @@ class MethodSpec:
     needs_elites: bool = False
     online: bool = False
     progress: str = "updates"
+    task_objective: bool = True
 
     @property
     def module_name(self) -> str:
@@ -62,8 +65,8 @@ class MethodSpec:
         return f"{__name__}.{self.module}"
 
 
-def _sac_family(name: str, section: str) -> MethodSpec:
-    return MethodSpec(name, "sac", section, needs_ensemble=True)
+def _sac_family(name: str, section: str, task_objective: bool = True) -> MethodSpec:
+    return MethodSpec(name, "sac", section, needs_ensemble=True, task_objective=task_objective)
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -76,6 +79,15 @@ METHODS: dict[str, MethodSpec] = {
         _sac_family("aleatoric-penalty", "aleatoric_penalty"),
         _sac_family("epistemic-partitioning", "epistemic_partitioning"),
         _sac_family("aleatoric-partitioning", "aleatoric_partitioning"),
+        _sac_family("survival", "survival", task_objective=False),
+        _sac_family(
+            "offline-exploration-penalty", "offline_exploration_penalty", task_objective=False
+        ),
+        _sac_family(
+            "offline-exploration-partitioning",
+            "offline_exploration_partitioning",
+            task_objective=False,
+        ),
         MethodSpec("morel", "morel", "morel", needs_ensemble=True, progress="iterations"),
         MethodSpec(
             "j-morel",

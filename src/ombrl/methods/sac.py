@@ -1,4 +1,4 @@
-"""The SAC family: one SAC learner, seven ways to feed it.
+"""The SAC family: one SAC learner, ten ways to feed it.
 
 - `sac`: the dataset alone (offline, model-free); or, with `--env`, online, acting in the
   environment (`EnvSampler`: `warmup` random steps, then one step per update).
@@ -8,6 +8,11 @@
 - `epistemic-partitioning`, `aleatoric-partitioning` (MOReL's HALT in SAC): as mbpo, but a
   model transition with `u > threshold` is terminal and its reward is replaced by (or has
   added) `halt_penalty`.
+- `survival`, `offline-exploration-penalty`, `offline-exploration-partitioning` (the thesis's
+  other modes): as mbpo, but the reward is another objective (1 per step survived, or the
+  elites' disagreement), and a transition past the epistemic threshold ends the path
+  (`model_env.halting_reward`). Their scores measure the task's return of a policy that never
+  optimised it.
 
 Every `rollout_every` updates a new round of `rollout_batch` rollouts enters a model buffer
 that keeps the last `model_retain_epochs` rounds. Model rewards come from the ensemble's
@@ -28,6 +33,7 @@ from ombrl.config import build
 from ombrl.errors import OmbrlError
 from ombrl.methods import Inputs
 from ombrl.models.pessimism import (
+    ObjectiveRule,
     PartitionRule,
     PenaltyRule,
     RolloutConfig,
@@ -37,13 +43,17 @@ from ombrl.tasks import get_task
 from ombrl.training.loop import make_learner, run_updates
 from ombrl.training.samplers import EnvSampler, RealSampler, RolloutSampler
 
-#: Method -> (its pessimism rule, the uncertainty it fixes; None: a config key).
+#: Method -> (its pessimism rule, the uncertainty it fixes (None: a config key) or, for an
+#: `ObjectiveRule`, the objective).
 PESSIMISM = {
     "mbpo": (None, None),
     "epistemic-penalty": (PenaltyRule, "epistemic"),
     "aleatoric-penalty": (PenaltyRule, None),
     "epistemic-partitioning": (PartitionRule, "epistemic"),
     "aleatoric-partitioning": (PartitionRule, None),
+    "survival": (ObjectiveRule, "survival"),
+    "offline-exploration-penalty": (ObjectiveRule, "exploration-penalty"),
+    "offline-exploration-partitioning": (ObjectiveRule, "exploration-partitioning"),
 }
 
 
@@ -102,7 +112,11 @@ def _rollout_sampler(
             f"dataset's ({dataset.obs_dim}, {dataset.act_dim})"
         )
     rule_cls, kind = PESSIMISM[method]
-    rule = None if rule_cls is None else build(rule_cls, {"uncertainty": kind, **cfg})
+    rule = None
+    if rule_cls is ObjectiveRule:
+        rule = build(ObjectiveRule, {"objective": kind, "penalty_lambda": 0.0, **cfg})
+    elif rule_cls is not None:
+        rule = build(rule_cls, {"uncertainty": kind, **cfg})
     task = get_task(dataset.env_id)
     return RolloutSampler(
         real,
