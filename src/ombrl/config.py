@@ -8,7 +8,9 @@ so a bad key is reported the same way, before any job runs, one line per problem
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -242,6 +244,9 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
             resolved[name] = load_ensemble_config(path, entry["params"], f"ensembles.{name}.params")
         except OmbrlError as e:
             problems.append(str(e))
+    study["modes"], study["overrides"], study["sweeps"] = expand_sweeps(
+        study["modes"], study["overrides"], study["sweeps"], source, problems
+    )
     modes = _resolve_modes(study["modes"], source, problems)
     for name, entry in modes.items():
         unknown = [
@@ -282,6 +287,78 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
     study["ensembles"] = resolved
     study["modes"] = modes
     return study
+
+
+#: Joins a swept entry's name and each `setting=value` (`mopo@penalty_lambda=0.3`).
+SWEEP_SEPARATOR = "@"
+#: What a swept entry's name may hold: it is a path component and a Snakemake wildcard value.
+SWEPT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@=+-]*$")
+
+
+def sweep_value_text(value: Any) -> str:
+    """A setting's value as a swept entry's name shows it: YAML's spelling of booleans and
+    null, the shortest text that reads back as the same float (`0.3`, `1e-05`)."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, list):
+        return ",".join(map(sweep_value_text, value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def expand_sweeps(
+    modes: dict, overrides: dict, sweeps: dict, source: str, problems: list[str]
+) -> tuple[dict, dict, dict]:
+    """Replace each swept mode entry by one entry per value (pair of values) of its settings.
+
+    The expansions keep the entry's place, its keys and its per-dataset overrides (an
+    override of a swept setting is a problem: the name would no longer show the value).
+
+    Returns:
+        The modes, the overrides, and each sweep resolved as `{entry: {"settings": [...],
+        "entries": {name: {setting: value}}}}` (what the sweep figure reads).
+    """
+    expanded, resolved = {}, {}
+    for name, entry in modes.items():
+        settings = sorted(sweeps.get(name, {}))
+        if not settings:
+            expanded[name] = entry
+            continue
+        where = f"{source}: sweeps.{name}"
+        if not isinstance(entry, dict):
+            continue
+        if "method" in settings:
+            problems.append(f"{where}.method: a sweep varies a method's settings, not the method")
+            continue
+        entries = {}
+        for values in itertools.product(*(sweeps[name][k] for k in settings)):
+            point = dict(zip(settings, values, strict=True))
+            label = SWEEP_SEPARATOR.join(f"{k}={sweep_value_text(v)}" for k, v in point.items())
+            swept = f"{name}{SWEEP_SEPARATOR}{label}"
+            if not SWEPT_NAME.match(swept):
+                problems.append(f"{where}: {swept!r} is not a valid entry name (a value's text)")
+            elif swept in modes:
+                problems.append(f"{where}: {swept!r} is already an entry of modes")
+            expanded[swept] = {"method": name, **entry, **point}
+            entries[swept] = point
+        resolved[name] = {"settings": settings, "entries": entries}
+    for name in sweeps:
+        if name not in modes:
+            problems.append(f"{source}: sweeps.{name}: not an entry of modes")
+    new_overrides = {}
+    for dataset, per_mode in overrides.items():
+        new_overrides[dataset] = {}
+        for name, values in per_mode.items():
+            if name not in resolved:
+                new_overrides[dataset][name] = values
+                continue
+            clash = sorted(set(values) & set(resolved[name]["settings"]))
+            if clash:
+                problems.append(
+                    f"{source}: overrides.{dataset}.{name}.{clash[0]}: the setting is swept"
+                )
+            for swept in resolved[name]["entries"]:
+                new_overrides[dataset][swept] = values
+    return expanded, new_overrides, resolved
 
 
 def _resolve_modes(entries: object, source: str, problems: list[str]) -> dict:

@@ -149,6 +149,28 @@ def ensemble_loss_params(w, output):
     return shlex.quote(json.dumps(parameters))
 
 
+def sweeps_on(dataset):
+    """The study's sweeps (ombrl.config.expand_sweeps) limited to the entries on `dataset`."""
+    here = set(entries_on(dataset))
+    found = {}
+    for entry, sweep in STUDY["sweeps"].items():
+        points = {n: v for n, v in sweep["entries"].items() if n in here}
+        if points:
+            found[entry] = {"settings": sweep["settings"], "entries": points}
+    return found
+
+
+def sweep_params(w, input, output):
+    """The sweep notebook's parameters as one shell-quoted YAML (JSON) word for papermill -y."""
+    parameters = {
+        "final_csv": input.final,
+        "dataset": w.dataset,
+        "sweeps": sweeps_on(w.dataset),
+        "output_pdf": output.figure,
+    }
+    return shlex.quote(json.dumps(parameters))
+
+
 def get_final_output():
     figures = [
         f"results/figures/{f}.pdf"
@@ -157,4 +179,5 @@ def get_final_output():
     figures += [
         f"results/figures/{d}/ensemble_loss.pdf" for d in DATASETS if ensembles_on(d)
     ]
+    figures += [f"results/figures/sweep_{d}.pdf" for d in DATASETS if sweeps_on(d)]
     return ["results/scores.csv", *figures]
