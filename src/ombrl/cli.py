@@ -122,6 +122,7 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
             checkpoint_every=args.checkpoint_every,
             checkpoint_dir=args.checkpoint_dir,
             tracking_uri=args.tracking_uri,
+            init=Path(args.init) if args.init else None,
         )
     )
 
@@ -393,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", help="the study's mode entry, recorded in outputs and logs (default: --mode)"
     )
     p.add_argument("--ensemble", help="folder of a trained ensemble (model-based modes)")
+    p.add_argument(
+        "--init",
+        metavar="DIR",
+        help="folder of the offline SAC-family policy finetune starts from (policy.safetensors)",
+    )
     p.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--eval-every", type=int, default=1000, help="updates between evaluations")
     p.add_argument("--eval-episodes", type=int, default=5)

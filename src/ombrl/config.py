@@ -248,6 +248,7 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
         study["modes"], study["overrides"], study["sweeps"], source, problems
     )
     modes = _resolve_modes(study["modes"], source, problems)
+    _check_starts(modes, source, problems)
     for name, entry in modes.items():
         unknown = [
             d
@@ -270,6 +271,16 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
                     f"{source}: modes.{name}.ensemble: {entry['method']} needs elites, but "
                     f"{ensemble} keeps all {members['num_models']} members (num_elites)"
                 )
+    for name, entry in modes.items():
+        origin = modes.get(entry.get("from"), {})
+        outside = [
+            d for d in entry["datasets"] if d not in origin.get("datasets", entry["datasets"])
+        ]
+        if outside:
+            problems.append(
+                f"{source}: modes.{name}.datasets: {', '.join(outside)} not a dataset of "
+                f"{entry['from']} (the entry it starts from)"
+            )
     for dataset, per_mode in study["overrides"].items():
         if dataset not in study["datasets"]:
             problems.append(f"{source}: overrides.{dataset}: not an entry of datasets")
@@ -361,6 +372,40 @@ def expand_sweeps(
     return expanded, new_overrides, resolved
 
 
+def _check_starts(modes: dict, source: str, problems: list[str]) -> None:
+    """Entries that start from another (`from:`, offline-to-online finetuning) name a
+    SAC-family entry with the same networks; they run on its datasets unless they name some."""
+    for name, entry in modes.items():
+        spec = method_spec(entry["method"])
+        origin_name = entry.get("from")
+        where = f"{source}: modes.{name}.from"
+        if origin_name is None:
+            if spec.starts_from:
+                problems.append(f"{where}: {spec.name} needs `from:`, the entry it starts from")
+            continue
+        if not spec.starts_from:
+            starting = [m.name for m in METHODS.values() if m.starts_from]
+            problems.append(f"{where}: only {', '.join(starting)} starts from another entry")
+            continue
+        origin = modes.get(origin_name)
+        origin_spec = method_spec(origin["method"]) if origin else None
+        if origin_spec is None or origin_spec.module != "sac" or origin_spec.starts_from:
+            problems.append(f"{where}: {origin_name!r} is not an offline SAC-family entry of modes")
+            continue
+        if entry["hidden_size"] != origin["hidden_size"]:
+            problems.append(
+                f"{source}: modes.{name}.hidden_size: {entry['hidden_size']} differs from "
+                f"{origin_name}'s {origin['hidden_size']} (the networks it starts from)"
+            )
+        if entry["alpha"] != origin["alpha"]:
+            problems.append(
+                f"{source}: modes.{name}.alpha: {entry['alpha']!r} differs from {origin_name}'s "
+                f"{origin['alpha']!r} (the temperature it starts from; null: learned)"
+            )
+        if "datasets" in origin:
+            entry.setdefault("datasets", list(origin["datasets"]))
+
+
 def _resolve_modes(entries: object, source: str, problems: list[str]) -> dict:
     """`resolve_mode` for every entry of a study's `modes:` that is a mapping; the problems
     are appended to `problems`, and the resolved entries returned."""
@@ -395,6 +440,7 @@ def resolve_mode(name: str, entry: Mapping, source: str, at: str = "") -> dict:
     params = dict(entry)
     method = params.pop("method", name)
     datasets = params.pop("datasets", None)
+    start = params.pop("from", None)
     where = f"{source}: {at}" if at else source
     if method not in METHODS:
         hint = "" if "method" in entry else " (name one with `method:`)"
@@ -402,7 +448,9 @@ def resolve_mode(name: str, entry: Mapping, source: str, at: str = "") -> dict:
             f"{where}{'.method' if at else ''}: {method!r} is not one of {', '.join(METHODS)}{hint}"
         )
     checked = validate(params, source, SCHEMA["$defs"][method_spec(method).section], at)
-    return {"method": method, **({"datasets": datasets} if datasets else {}), **checked}
+    extra = {"datasets": datasets} if datasets else {}
+    extra |= {"from": start} if start is not None else {}
+    return {"method": method, **extra, **checked}
 
 
 def mode_params(study: dict, dataset: str, name: str) -> dict:

@@ -98,6 +98,9 @@ def policy_inputs(w):
         inputs["ensemble"] = (
             f"{ensemble_dir(w.dataset, ensemble, w.seed)}/model.safetensors"
         )
+    origin = MODES[w.mode].get("from")
+    if origin is not None:  # finetuning: the same dataset and seed's offline policy
+        inputs["init"] = f"{policy_dir(w.dataset, origin, w.seed)}/policy.safetensors"
     return inputs
 
 
@@ -109,7 +112,10 @@ def policy_flags(w):
     params = mode_params(STUDY, w.dataset, w.mode)
     params.pop("ensemble", None)
     params.pop("datasets")
+    origin = params.pop("from", None)
     flags = f"--mode {params.pop('method')} --name {w.mode}"
+    if origin is not None:
+        flags += f" --init {policy_dir(w.dataset, origin, w.seed)}"
     flags += f" --params {as_params(params)}" if params else ""
     ensemble = ensemble_of(w.dataset, w.mode)
     if ensemble is not None:

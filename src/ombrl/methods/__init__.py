@@ -48,6 +48,8 @@ class MethodSpec:
         progress: the unit of its progress (`step` column): `updates`, `iterations`, ...
         task_objective: it maximises the task's return; False for the thesis's survival and
             offline exploration modes, whose scores aggregates leave out unless asked.
+        starts_from: starts from another entry's trained SAC policy (a study entry's `from:`,
+            the CLI's `--init`).
     """
 
     name: str
@@ -58,6 +60,7 @@ class MethodSpec:
     online: bool = False
     progress: str = "updates"
     task_objective: bool = True
+    starts_from: bool = False
 
     @property
     def module_name(self) -> str:
@@ -87,6 +90,14 @@ METHODS: dict[str, MethodSpec] = {
             "offline-exploration-partitioning",
             "offline_exploration_partitioning",
             task_objective=False,
+        ),
+        MethodSpec(
+            "finetune",
+            "sac",
+            "finetune",
+            needs_ensemble=False,
+            progress="env_steps",
+            starts_from=True,
         ),
         MethodSpec("morel", "morel", "morel", needs_ensemble=True, progress="iterations"),
         MethodSpec(
@@ -131,6 +142,7 @@ class Inputs:
         progress: show a progress bar.
         checkpoint: resume from and save to it; None: neither.
         warmup: online only, uniform random steps before learning.
+        start: the trained SAC state a method that `starts_from` another entry begins with.
     """
 
     env_id: str
@@ -142,3 +154,4 @@ class Inputs:
     progress: bool
     checkpoint: Checkpointer | None = None
     warmup: int | None = None
+    start: dict[str, torch.Tensor] | None = None
