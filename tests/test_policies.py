@@ -19,7 +19,13 @@ from ombrl.evaluate import evaluate
 from ombrl.methods import METHODS, Inputs, method_module, method_spec
 from ombrl.methods.sac import PESSIMISM
 from ombrl.models.ensemble import DynamicsEnsemble
-from ombrl.models.pessimism import PartitionRule, PenaltyRule, RolloutConfig, resolve_pessimism
+from ombrl.models.pessimism import (
+    ObjectiveRule,
+    PartitionRule,
+    PenaltyRule,
+    RolloutConfig,
+    resolve_pessimism,
+)
 from ombrl.models.uncertainty import dataset_uncertainty
 from ombrl.tasks import get_task
 from ombrl.training.loop import Evaluation
@@ -183,7 +189,9 @@ def test_every_method_resolves_to_configs_of_the_schema_vocabulary() -> None:
         settings("mbpo")
 
 
-@pytest.mark.parametrize("mode", [m for m, spec in METHODS.items() if spec.module == "sac"])
+@pytest.mark.parametrize(
+    "mode", [m for m, spec in METHODS.items() if spec.module == "sac" and not spec.starts_from]
+)
 def test_every_sac_mode_trains_and_logs_its_mechanism(dataset, mode: str) -> None:
     model = tiny_ensemble(dataset)
     model_based = METHODS[mode].needs_ensemble
@@ -198,7 +206,7 @@ def test_every_sac_mode_trains_and_logs_its_mechanism(dataset, mode: str) -> Non
     assert np.isfinite(last["critic_loss"])
     assert ("rollout_length" in last) == model_based
     assert ("rollout_uncertainty" in last) == (rule is not None)
-    assert ("rollout_halted" in last) == (rule is PartitionRule)
+    assert ("rollout_halted" in last) == (rule in (PartitionRule, ObjectiveRule))
     if rule is PartitionRule:
         assert last["halt_penalty"] == -float(np.abs(dataset.rewards).max())
 

@@ -395,3 +395,13 @@ def test_a_method_column_is_carried_beside_the_mode():
     assert list(final.columns[:3]) == ["dataset", "mode", "method"]
     summary = aggregates(final).set_index("mode")
     assert summary.loc["mopo-l5", "method"] == "aleatoric-penalty"
+
+
+def test_aggregates_leave_out_modes_of_other_objectives_unless_asked():
+    # A survival entry's score is the task return of a policy that never optimised it.
+    table = scores_table(2)
+    survival = table[table["mode"] == "sac"].assign(mode="alive", method="survival")
+    final = final_scores(pd.concat([table, survival], ignore_index=True))
+    assert "alive" not in set(aggregates(final)["mode"])
+    assert set(aggregates(final, all_objectives=True)["mode"]) == {*MODES, "alive"}
+    assert "alive" in set(final["mode"])

@@ -18,13 +18,20 @@ from ombrl.methods import METHODS
 pytestmark = pytest.mark.slow
 
 TINY = load_study(read_yaml(Path(".test/config_tiny/config.yaml")), "tiny")
-# The tiny study's mode entries: every method once under its own name, and `mopo-l5`, a second
-# entry of aleatoric-penalty with another lambda.
+# The tiny study's mode entries: every method once under its own name, and a sweep of
+# aleatoric-penalty over two lambdas (`mopo@penalty_lambda=0.5`, `...=5.0`).
 ENTRIES = list(TINY["modes"])
 # The entries that train on model rollouts (all but bc and sac).
 MODEL_BASED = sum(METHODS[entry["method"]].needs_ensemble for entry in TINY["modes"].values())
 # The figures drawn from the scores: every change that reaches scores.csv redraws them.
-FIGURES = {"figure_avg_return": 1, "figure_final_scores": 1, "figure_performance_profile": 1}
+FIGURES = {
+    "figure_avg_return": 1,
+    "figure_final_scores": 1,
+    "figure_performance_profile": 1,
+    "figure_sweep": 1,
+}
+# Entries that start from another entry's policy (finetune): they rerun with it.
+STARTING = sum(METHODS[entry["method"]].starts_from for entry in TINY["modes"].values())
 
 
 def run(workdir, *args):
@@ -144,7 +151,7 @@ def test_an_ensemble_parameter_reruns_the_ensemble_and_what_depends_on_it(study)
     assert result.returncode == 0, result.stderr
     assert scheduled(result) == {
         "train_ensemble": 1,
-        "train_policy": MODEL_BASED,
+        "train_policy": MODEL_BASED + STARTING,
         "scores": 1,
         **FIGURES,
         "figure_ensemble_loss": 1,
@@ -202,7 +209,7 @@ def test_editing_the_sac_agent_reruns_only_the_jobs_that_use_it(study):
         **FIGURES,
     }
     # Every SAC-family entry's job; bc and the NPG methods do not use SAC.
-    assert sorted(re.findall(r"mode=([\w-]+), seed=\d", result.stdout)) == sorted(sac_modes)
+    assert sorted(re.findall(r"mode=([\w.@=+-]+), seed=\d", result.stdout)) == sorted(sac_modes)
 
 
 @pytest.mark.parametrize(
@@ -223,7 +230,7 @@ def test_a_library_edit_reruns_exactly_the_jobs_that_import_it(study, path, reru
     assert result.returncode == 0, result.stderr
     expected = {"train_policy": len(rerun), "scores": 1, **FIGURES} if rerun else {}
     assert scheduled(result) == expected
-    assert sorted(re.findall(r"mode=([\w-]+), seed=\d", result.stdout)) == sorted(rerun)
+    assert sorted(re.findall(r"mode=([\w.@=+-]+), seed=\d", result.stdout)) == sorted(rerun)
 
 
 def test_editing_the_ensemble_code_reruns_ensembles_and_dependants(study):
@@ -235,7 +242,7 @@ def test_editing_the_ensemble_code_reruns_ensembles_and_dependants(study):
     assert result.returncode == 0, result.stderr
     assert scheduled(result) == {
         "train_ensemble": 1,
-        "train_policy": MODEL_BASED,
+        "train_policy": MODEL_BASED + STARTING,
         "scores": 1,
         **FIGURES,
         "figure_ensemble_loss": 1,
@@ -263,7 +270,10 @@ def test_the_d4rl_study_plans_every_job_with_its_tuned_values(tmp_path):
     workdir = copy_workflow(tmp_path, "config/d4rl.yaml")
     result = run(workdir, "--configfile", "study.yaml", "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
-    datasets, seeds, modes = 12, 5, len(METHODS)
+    # Every method that optimises the task's return offline (the thesis's other experiments
+    # are in config/full.yaml).
+    datasets, seeds = 12, 5
+    modes = sum(spec.task_objective and not spec.starts_from for spec in METHODS.values())
     # Per dataset: the thesis's 4x200 PNN, MOReL's deterministic and J-MOReL's probabilistic
     # ensemble (halfcheetah's own sizes for both).
     ensembles = 3

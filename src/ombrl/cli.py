@@ -166,6 +166,7 @@ def cmd_train_policy(args: argparse.Namespace) -> None:
             checkpoint_dir=args.checkpoint_dir,
             tracking_uri=args.tracking_uri,
             drop_nonfinite=args.drop_nonfinite,
+            init=Path(args.init) if args.init else None,
         )
     )
 
@@ -241,6 +242,7 @@ def cmd_scores(args: argparse.Namespace) -> None:
         baseline=args.baseline or "bc",
         baseline_required=args.baseline is not None,
         threshold=args.optimality_threshold,
+        all_objectives=args.all_objectives,
     )
     outputs = [(args.output, table, None), (args.final, final, final_scores_markdown(final))]
     if args.aggregates:
@@ -547,6 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", help="the study's mode entry, recorded in outputs and logs (default: --mode)"
     )
     p.add_argument("--ensemble", help="folder of a trained ensemble (model-based modes)")
+    p.add_argument(
+        "--init",
+        metavar="DIR",
+        help="folder of the offline SAC-family policy finetune starts from (policy.safetensors)",
+    )
     p.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument(
         "--eval-every", type=_at_least(1), default=1000, help="updates between evaluations"
@@ -628,6 +635,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=100.0,
         metavar="SCORE",
         help="optimality gap's target normalized score (default 100: the expert)",
+    )
+    p.add_argument(
+        "--all-objectives",
+        action="store_true",
+        help="aggregate survival and offline exploration modes too (left out by default: "
+        "they optimise something other than the task's return)",
     )
     p.set_defaults(func=cmd_scores)
 

@@ -8,8 +8,10 @@ so a bad key is reported the same way, before any job runs, one line per problem
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -316,7 +318,11 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
             resolved[name] = load_ensemble_config(path, entry["params"], f"ensembles.{name}.params")
         except OmbrlError as e:
             problems.append(str(e))
+    study["modes"], study["overrides"], study["sweeps"] = expand_sweeps(
+        study["modes"], study["overrides"], study["sweeps"], source, problems
+    )
     modes = _resolve_modes(study["modes"], source, problems)
+    _check_starts(modes, source, problems)
     for name, entry in modes.items():
         unknown = [
             d
@@ -344,6 +350,16 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
         problems.append(
             f"{source}: scores.baseline: {baseline!r} is not an entry of modes ({', '.join(modes)})"
         )
+    for name, entry in modes.items():
+        origin = modes.get(entry.get("from"), {})
+        outside = [
+            d for d in entry["datasets"] if d not in origin.get("datasets", entry["datasets"])
+        ]
+        if outside:
+            problems.append(
+                f"{source}: modes.{name}.datasets: {', '.join(outside)} not a dataset of "
+                f"{entry['from']} (the entry it starts from)"
+            )
     for dataset, per_mode in study["overrides"].items():
         if dataset not in study["datasets"]:
             problems.append(f"{source}: overrides.{dataset}: not an entry of datasets")
@@ -384,6 +400,112 @@ def _resolve_generated(name: str, spec: dict, behaviours: dict[str, tuple[str, d
         )
 
 
+#: Joins a swept entry's name and each `setting=value` (`mopo@penalty_lambda=0.3`).
+SWEEP_SEPARATOR = "@"
+#: What a swept entry's name may hold: it is a path component and a Snakemake wildcard value.
+SWEPT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@=+-]*$")
+
+
+def sweep_value_text(value: Any) -> str:
+    """A setting's value as a swept entry's name shows it: YAML's spelling of booleans and
+    null, the shortest text that reads back as the same float (`0.3`, `1e-05`)."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, list):
+        return ",".join(map(sweep_value_text, value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def expand_sweeps(
+    modes: dict, overrides: dict, sweeps: dict, source: str, problems: list[str]
+) -> tuple[dict, dict, dict]:
+    """Replace each swept mode entry by one entry per value (pair of values) of its settings.
+
+    The expansions keep the entry's place, its keys and its per-dataset overrides (an
+    override of a swept setting is a problem: the name would no longer show the value).
+
+    Returns:
+        The modes, the overrides, and each sweep resolved as `{entry: {"settings": [...],
+        "entries": {name: {setting: value}}}}` (what the sweep figure reads).
+    """
+    expanded, resolved = {}, {}
+    for name, entry in modes.items():
+        settings = sorted(sweeps.get(name, {}))
+        if not settings:
+            expanded[name] = entry
+            continue
+        where = f"{source}: sweeps.{name}"
+        if not isinstance(entry, dict):
+            continue
+        if "method" in settings:
+            problems.append(f"{where}.method: a sweep varies a method's settings, not the method")
+            continue
+        entries = {}
+        for values in itertools.product(*(sweeps[name][k] for k in settings)):
+            point = dict(zip(settings, values, strict=True))
+            label = SWEEP_SEPARATOR.join(f"{k}={sweep_value_text(v)}" for k, v in point.items())
+            swept = f"{name}{SWEEP_SEPARATOR}{label}"
+            if not SWEPT_NAME.match(swept):
+                problems.append(f"{where}: {swept!r} is not a valid entry name (a value's text)")
+            elif swept in modes:
+                problems.append(f"{where}: {swept!r} is already an entry of modes")
+            expanded[swept] = {"method": name, **entry, **point}
+            entries[swept] = point
+        resolved[name] = {"settings": settings, "entries": entries}
+    for name in sweeps:
+        if name not in modes:
+            problems.append(f"{source}: sweeps.{name}: not an entry of modes")
+    new_overrides = {}
+    for dataset, per_mode in overrides.items():
+        new_overrides[dataset] = {}
+        for name, values in per_mode.items():
+            if name not in resolved:
+                new_overrides[dataset][name] = values
+                continue
+            clash = sorted(set(values) & set(resolved[name]["settings"]))
+            if clash:
+                problems.append(
+                    f"{source}: overrides.{dataset}.{name}.{clash[0]}: the setting is swept"
+                )
+            for swept in resolved[name]["entries"]:
+                new_overrides[dataset][swept] = values
+    return expanded, new_overrides, resolved
+
+
+def _check_starts(modes: dict, source: str, problems: list[str]) -> None:
+    """Entries that start from another (`from:`, offline-to-online finetuning) name a
+    SAC-family entry with the same networks; they run on its datasets unless they name some."""
+    for name, entry in modes.items():
+        spec = method_spec(entry["method"])
+        origin_name = entry.get("from")
+        where = f"{source}: modes.{name}.from"
+        if origin_name is None:
+            if spec.starts_from:
+                problems.append(f"{where}: {spec.name} needs `from:`, the entry it starts from")
+            continue
+        if not spec.starts_from:
+            starting = [m.name for m in METHODS.values() if m.starts_from]
+            problems.append(f"{where}: only {', '.join(starting)} starts from another entry")
+            continue
+        origin = modes.get(origin_name)
+        origin_spec = method_spec(origin["method"]) if origin else None
+        if origin_spec is None or origin_spec.module != "sac" or origin_spec.starts_from:
+            problems.append(f"{where}: {origin_name!r} is not an offline SAC-family entry of modes")
+            continue
+        if entry["hidden_size"] != origin["hidden_size"]:
+            problems.append(
+                f"{source}: modes.{name}.hidden_size: {entry['hidden_size']} differs from "
+                f"{origin_name}'s {origin['hidden_size']} (the networks it starts from)"
+            )
+        if entry["alpha"] != origin["alpha"]:
+            problems.append(
+                f"{source}: modes.{name}.alpha: {entry['alpha']!r} differs from {origin_name}'s "
+                f"{origin['alpha']!r} (the temperature it starts from; null: learned)"
+            )
+        if "datasets" in origin:
+            entry.setdefault("datasets", list(origin["datasets"]))
+
+
 def _resolve_modes(entries: object, source: str, problems: list[str]) -> dict:
     """`resolve_mode` for every entry of a study's `modes:` that is a mapping; the problems
     are appended to `problems`, and the resolved entries returned."""
@@ -418,6 +540,7 @@ def resolve_mode(name: str, entry: Mapping, source: str, at: str = "") -> dict:
     params = dict(entry)
     method = params.pop("method", name)
     datasets = params.pop("datasets", None)
+    start = params.pop("from", None)
     where = f"{source}: {at}" if at else source
     if method not in METHODS:
         hint = "" if "method" in entry else " (name one with `method:`)"
@@ -428,7 +551,9 @@ def resolve_mode(name: str, entry: Mapping, source: str, at: str = "") -> dict:
     for key in ("hidden_size", "value_hidden_size"):
         if key in checked:
             check_model_memory(checked[key], 1, f"{where}.{key}" if at else f"{where}: {key}")
-    return {"method": method, **({"datasets": datasets} if datasets else {}), **checked}
+    extra = {"datasets": datasets} if datasets else {}
+    extra |= {"from": start} if start is not None else {}
+    return {"method": method, **extra, **checked}
 
 
 def mode_params(study: dict, dataset: str, name: str) -> dict:

@@ -18,7 +18,7 @@ from ombrl.checkpoint import job_checkpointer
 from ombrl.data.d4rl import load_dataset
 from ombrl.data.scores import D4RL_REF_SCORES, d4rl_family, normalized_score, reference_scores
 from ombrl.errors import OmbrlError
-from ombrl.io import require_finite, save_model
+from ombrl.io import load_model, require_finite, save_model
 from ombrl.methods import METHODS, Inputs, method_module, method_spec
 from ombrl.runtime import code_version, resolve_device, setup
 from ombrl.tracking import (
@@ -59,6 +59,7 @@ class PolicyJob:
         checkpoint_every: save the training state every N updates (0: never).
         checkpoint_dir: root of the checkpoints (None: the default, see `checkpoint_root`).
         tracking_uri: MLflow store (None or "none": off).
+        init: folder of the offline SAC-family policy a `starts_from` method begins with.
     """
 
     method: str
@@ -78,6 +79,7 @@ class PolicyJob:
     checkpoint_dir: str | None
     tracking_uri: str | None
     drop_nonfinite: bool = False
+    init: Path | None = None
 
 
 def run(job: PolicyJob) -> None:
@@ -99,6 +101,11 @@ def run(job: PolicyJob) -> None:
         )
     if spec.needs_ensemble and job.ensemble is None:
         raise OmbrlError(f"--mode {job.method} needs --ensemble DIR (a trained ensemble)")
+    if spec.starts_from != (job.init is not None):
+        starting = [name for name, other in METHODS.items() if other.starts_from]
+        raise OmbrlError(
+            f"--init DIR: the policy {', '.join(starting)} starts from; needed by it and only it"
+        )
     check_output_dir(job.output)
     uri = resolve_tracking_uri(job.tracking_uri)
     device = resolve_device(job.device)
@@ -145,7 +152,10 @@ def run(job: PolicyJob) -> None:
             job.evaluation,
             job.progress,
             checkpoint,
+            start=_load_start(job.init, dataset.checksum) if job.init is not None else None,
         )
+        if job.init is not None:
+            meta["started_from"] = str(job.init)
         experiment = "policies"
     else:
         ref_scores = D4RL_REF_SCORES.get(d4rl_family(job.env) or "")
@@ -198,6 +208,22 @@ def run(job: PolicyJob) -> None:
         write_tracking_marker(out, tracked)
     if checkpoint is not None:
         checkpoint.clear()
+
+
+def _load_start(folder: Path, checksum: str) -> dict:
+    """The trained SAC state in `folder` (policy.safetensors/json of an offline SAC-family
+    job on the same dataset).
+
+    Raises:
+        OmbrlError: a missing policy, one of another method family or trained on other data.
+    """
+    tensors, meta = load_model(folder, name="policy")
+    method = meta.get("method")
+    if method not in METHODS or METHODS[method].module != "sac" or METHODS[method].starts_from:
+        raise OmbrlError(f"--init {folder}: {method!r} is not an offline SAC-family policy")
+    if meta.get("dataset_checksum") != checksum:
+        raise OmbrlError(f"--init {folder}: the policy was trained on another dataset")
+    return tensors
 
 
 def _load_ensemble(job: PolicyJob, dataset, device):

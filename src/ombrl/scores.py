@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ombrl.errors import OmbrlError
+from ombrl.methods import method_spec
 from ombrl.stats import (
     final_score,
     iqm,
@@ -252,8 +253,13 @@ def aggregates(
     baseline: str = "bc",
     baseline_required: bool = False,
     threshold: float = 100.0,
+    all_objectives: bool = False,
 ) -> pd.DataFrame:
     """Each mode across datasets: IQM, optimality gap and P(improvement over `baseline`).
+
+    Modes whose method optimises something other than the task's return (survival, offline
+    exploration: `MethodSpec.task_objective`) are left out unless `all_objectives`: their
+    scores do not measure what the comparison is about.
 
     Every statistic pools the final scores of a mode's `seeds x datasets` matrix; its 95%
     interval is the stratified bootstrap with datasets as strata (2000 resamples, seed 0). The
@@ -269,6 +275,9 @@ def aggregates(
         mode[, method], datasets, seeds (per dataset), iqm, iqm_ci_low/high, optimality_gap,
         optimality_gap_ci_low/high, optimality_threshold, baseline, poi, poi_ci_low/high, note.
     """
+    if not all_objectives and "method" in final.columns:
+        other = [not method_spec(m).task_objective for m in final["method"]]
+        final = final[~np.array(other, dtype=bool)]
     modes = sorted(final["mode"].unique())
     notes: dict[str, list[str]] = {mode: [] for mode in modes}
     if baseline not in modes:

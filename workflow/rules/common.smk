@@ -118,6 +118,9 @@ def policy_inputs(w):
         inputs["ensemble"] = (
             f"{ensemble_dir(w.dataset, ensemble, w.seed)}/model.safetensors"
         )
+    origin = MODES[w.mode].get("from")
+    if origin is not None:  # finetuning: the same dataset and seed's offline policy
+        inputs["init"] = f"{policy_dir(w.dataset, origin, w.seed)}/policy.safetensors"
     return inputs
 
 
@@ -129,7 +132,10 @@ def policy_flags(w):
     params = mode_params(STUDY, w.dataset, w.mode)
     params.pop("ensemble", None)
     params.pop("datasets")
+    origin = params.pop("from", None)
     flags = f"--mode {params.pop('method')} --name {w.mode}"
+    if origin is not None:
+        flags += f" --init {policy_dir(w.dataset, origin, w.seed)}"
     flags += f" --params {as_params(params)}" if params else ""
     ensemble = ensemble_of(w.dataset, w.mode)
     if ensemble is not None:
@@ -191,6 +197,28 @@ def behaviour_spec(name):
     )
 
 
+def sweeps_on(dataset):
+    """The study's sweeps (ombrl.config.expand_sweeps) limited to the entries on `dataset`."""
+    here = set(entries_on(dataset))
+    found = {}
+    for entry, sweep in STUDY["sweeps"].items():
+        points = {n: v for n, v in sweep["entries"].items() if n in here}
+        if points:
+            found[entry] = {"settings": sweep["settings"], "entries": points}
+    return found
+
+
+def sweep_params(w, input, output):
+    """The sweep notebook's parameters as one shell-quoted YAML (JSON) word for papermill -y."""
+    parameters = {
+        "final_csv": input.final,
+        "dataset": w.dataset,
+        "sweeps": sweeps_on(w.dataset),
+        "output_pdf": output.figure,
+    }
+    return shlex.quote(json.dumps(parameters))
+
+
 def get_final_output():
     figures = [
         f"results/figures/{f}.pdf"
@@ -199,4 +227,5 @@ def get_final_output():
     figures += [
         f"results/figures/{d}/ensemble_loss.pdf" for d in DATASETS if ensembles_on(d)
     ]
+    figures += [f"results/figures/sweep_{d}.pdf" for d in DATASETS if sweeps_on(d)]
     return ["results/scores.csv", *figures]

@@ -87,3 +87,26 @@ rule figure_performance_profile:
     shell:
         "papermill {input.notebook} {output.notebook} -k python3 --no-progress-bar"
         " -p final_csv {input.final} -p output_pdf {output.figure} > {log} 2>&1"
+
+
+rule figure_sweep:
+    input:
+        final="results/tables/final_scores.csv",
+        notebook="notebooks/sweep.ipynb",
+    output:
+        figure=report(
+            "results/figures/sweep_{dataset}.pdf",
+            caption="../report/sweep.rst",
+            category="Figures",
+        ),
+        notebook="results/notebooks/sweep_{dataset}.ipynb",
+    log:
+        "logs/figures/sweep_{dataset}.log",
+    conda:
+        "../../envs/figures.yaml"
+    params:
+        code=code("scores"),
+        notebook_params=sweep_params,
+    shell:
+        "papermill {input.notebook} {output.notebook} -k python3 --no-progress-bar"
+        " -y {params.notebook_params} > {log} 2>&1"

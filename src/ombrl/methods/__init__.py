@@ -46,6 +46,10 @@ class MethodSpec:
             below `num_models`), checked when a study loads.
         online: can also train by acting in an environment (`train-policy --env`).
         progress: the unit of its progress (`step` column): `updates`, `iterations`, ...
+        task_objective: it maximises the task's return; False for the thesis's survival and
+            offline exploration modes, whose scores aggregates leave out unless asked.
+        starts_from: starts from another entry's trained SAC policy (a study entry's `from:`,
+            the CLI's `--init`).
     """
 
     name: str
@@ -55,6 +59,8 @@ class MethodSpec:
     needs_elites: bool = False
     online: bool = False
     progress: str = "updates"
+    task_objective: bool = True
+    starts_from: bool = False
 
     @property
     def module_name(self) -> str:
@@ -62,8 +68,8 @@ class MethodSpec:
         return f"{__name__}.{self.module}"
 
 
-def _sac_family(name: str, section: str) -> MethodSpec:
-    return MethodSpec(name, "sac", section, needs_ensemble=True)
+def _sac_family(name: str, section: str, task_objective: bool = True) -> MethodSpec:
+    return MethodSpec(name, "sac", section, needs_ensemble=True, task_objective=task_objective)
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -76,6 +82,23 @@ METHODS: dict[str, MethodSpec] = {
         _sac_family("aleatoric-penalty", "aleatoric_penalty"),
         _sac_family("epistemic-partitioning", "epistemic_partitioning"),
         _sac_family("aleatoric-partitioning", "aleatoric_partitioning"),
+        _sac_family("survival", "survival", task_objective=False),
+        _sac_family(
+            "offline-exploration-penalty", "offline_exploration_penalty", task_objective=False
+        ),
+        _sac_family(
+            "offline-exploration-partitioning",
+            "offline_exploration_partitioning",
+            task_objective=False,
+        ),
+        MethodSpec(
+            "finetune",
+            "sac",
+            "finetune",
+            needs_ensemble=False,
+            progress="env_steps",
+            starts_from=True,
+        ),
         MethodSpec("morel", "morel", "morel", needs_ensemble=True, progress="iterations"),
         MethodSpec(
             "j-morel",
@@ -119,6 +142,7 @@ class Inputs:
         progress: show a progress bar.
         checkpoint: resume from and save to it; None: neither.
         warmup: online only, uniform random steps before learning.
+        start: the trained SAC state a method that `starts_from` another entry begins with.
     """
 
     env_id: str
@@ -130,6 +154,7 @@ class Inputs:
     progress: bool
     checkpoint: Checkpointer | None = None
     warmup: int | None = None
+    start: dict[str, torch.Tensor] | None = None
 
     def require_ensemble(self, method: str) -> DynamicsEnsemble:
         """The ensemble, for a method that needs one, after checking it fits the dataset.

@@ -1,4 +1,4 @@
-"""The SAC family: one SAC learner, seven ways to feed it.
+"""The SAC family: one SAC learner, eleven ways to feed it.
 
 - `sac`: the dataset alone (offline, model-free); or, with `--env`, online, acting in the
   environment (`EnvSampler`: `warmup` random steps, then one step per update).
@@ -8,6 +8,14 @@
 - `epistemic-partitioning`, `aleatoric-partitioning` (MOReL's HALT in SAC): as mbpo, but a
   model transition with `u > threshold` is terminal and its reward is replaced by (or has
   added) `halt_penalty`.
+- `survival`, `offline-exploration-penalty`, `offline-exploration-partitioning` (the thesis's
+  other modes): as mbpo, but the reward is another objective (1 per step survived, or the
+  elites' disagreement), and a transition past the epistemic threshold ends the path
+  (`model_env.halting_reward`). Their scores measure the task's return of a policy that never
+  optimised it.
+- `finetune` (offline-to-online, the thesis's): starts from another entry's trained state
+  (`Inputs.start`) and learns online, one environment step per update, with a share of the
+  dataset kept in the replay buffer. No checkpoints, as online `sac`.
 
 Every `rollout_every` updates a new round of `rollout_batch` rollouts enters a model buffer
 that keeps the last `model_retain_epochs` rounds. Model rewards come from the ensemble's
@@ -22,11 +30,13 @@ from collections.abc import Callable
 
 import torch
 
-from ombrl.agents.buffer import ReplayBuffer
+from ombrl.agents.buffer import Batch, ReplayBuffer
 from ombrl.agents.sac import SAC, SACConfig
 from ombrl.config import build
+from ombrl.errors import OmbrlError
 from ombrl.methods import Inputs
 from ombrl.models.pessimism import (
+    ObjectiveRule,
     PartitionRule,
     PenaltyRule,
     RolloutConfig,
@@ -36,13 +46,17 @@ from ombrl.tasks import get_task
 from ombrl.training.loop import make_learner, run_updates
 from ombrl.training.samplers import EnvSampler, RealSampler, RolloutSampler
 
-#: Method -> (its pessimism rule, the uncertainty it fixes; None: a config key).
+#: Method -> (its pessimism rule, the uncertainty it fixes (None: a config key) or, for an
+#: `ObjectiveRule`, the objective).
 PESSIMISM = {
     "mbpo": (None, None),
     "epistemic-penalty": (PenaltyRule, "epistemic"),
     "aleatoric-penalty": (PenaltyRule, None),
     "epistemic-partitioning": (PartitionRule, "epistemic"),
     "aleatoric-partitioning": (PartitionRule, None),
+    "survival": (ObjectiveRule, "survival"),
+    "offline-exploration-penalty": (ObjectiveRule, "exploration-penalty"),
+    "offline-exploration-partitioning": (ObjectiveRule, "exploration-partitioning"),
 }
 
 
@@ -50,7 +64,7 @@ def train(method: str, cfg: dict, inputs: Inputs, on_eval: Callable[[dict], None
     """`cfg["steps"]` SAC updates on the batches of `method`.
 
     Args:
-        method: `sac` or a key of `PESSIMISM`.
+        method: `sac`, `finetune` or a key of `PESSIMISM`.
         cfg: the method's resolved schema section.
         inputs: dataset (None: online in `inputs.env_id`), ensemble (model-based methods),
             seed, device, evaluation, checkpoint.
@@ -62,6 +76,8 @@ def train(method: str, cfg: dict, inputs: Inputs, on_eval: Callable[[dict], None
     generator = torch.Generator(device).manual_seed(seed)
     agent_cfg = build(SACConfig, cfg)
     agent = make_learner(SAC, agent_cfg, inputs.env_id, inputs.dataset, device, seed)
+    if method == "finetune":
+        return _finetune(agent, cfg, inputs, generator, on_eval)
     if inputs.dataset is None:
         return _train_online(agent, cfg["steps"], inputs, generator, on_eval)
     real = ReplayBuffer.from_dataset(inputs.dataset, device)
@@ -94,7 +110,11 @@ def _rollout_sampler(
     """The model-based batch source (the ensemble checked against the dataset)."""
     dataset, ensemble = inputs.dataset, inputs.require_ensemble(method)
     rule_cls, kind = PESSIMISM[method]
-    rule = None if rule_cls is None else build(rule_cls, {"uncertainty": kind, **cfg})
+    rule = None
+    if rule_cls is ObjectiveRule:
+        rule = build(ObjectiveRule, {"objective": kind, "penalty_lambda": 0.0, **cfg})
+    elif rule_cls is not None:
+        rule = build(rule_cls, {"uncertainty": kind, **cfg})
     task = get_task(dataset.env_id)
     return RolloutSampler(
         real,
@@ -108,26 +128,68 @@ def _rollout_sampler(
     )
 
 
+def start_from(agent: SAC, inputs: Inputs) -> SAC:
+    """`agent` with the trained SAC state of `inputs.start` (policy, critics, targets,
+    temperature, optimisers), the state offline-to-online finetuning begins with.
+
+    Raises:
+        OmbrlError: no state given, or one of other networks (`SAC.load_state_dict`).
+    """
+    if inputs.start is None:
+        raise OmbrlError("finetune starts from a trained SAC policy: give --init DIR")
+    agent.load_state_dict(inputs.start)
+    return agent
+
+
+def _finetune(
+    agent: SAC,
+    cfg: dict,
+    inputs: Inputs,
+    generator: torch.Generator,
+    on_eval: Callable[[dict], None],
+) -> SAC:
+    """Offline-to-online: from the offline entry's state, `cfg["steps"]` online updates, one
+    environment step each (no random warmup: the policy is trained), with a random
+    `dataset_share` of the dataset in the replay buffer from the start."""
+    start_from(agent, inputs)
+    data = ReplayBuffer.from_dataset(inputs.dataset, inputs.device)
+    keep = round(cfg["dataset_share"] * len(data))
+    picker = torch.Generator(inputs.device).manual_seed(inputs.seed)
+    index = torch.randperm(len(data), generator=picker, device=inputs.device)[:keep]
+    kept = Batch(
+        data.obs[index],
+        data.act[index],
+        data.rew[index],
+        data.next_obs[index],
+        data.terminal[index],
+    )
+    return _train_online(agent, cfg["steps"], inputs, generator, on_eval, warmup=0, initial=kept)
+
+
 def _train_online(
     agent: SAC,
     steps: int,
     inputs: Inputs,
     generator: torch.Generator,
     on_eval: Callable[[dict], None],
+    warmup: int | None = None,
+    initial: Batch | None = None,
 ) -> SAC:
     """SAC learning by acting: `inputs.warmup` random steps, then one env step per update.
 
     No checkpoints: a gymnasium environment's state (simulator, random generator, time-limit
     counter) has no portable way to be saved and restored.
     """
+    warmup = inputs.warmup if warmup is None else warmup
     sampler = EnvSampler(
         inputs.env_id,
         agent,
         agent.cfg.batch_size,
-        inputs.warmup + steps,
-        inputs.warmup,
+        warmup + steps,
+        warmup,
         inputs.seed,
         generator,
+        initial,
     )
     try:
         run_updates(

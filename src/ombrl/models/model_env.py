@@ -13,6 +13,13 @@ Pessimism (`Pessimism`) uses the uncertainty `u(s, a)` of the elites:
   or set to 0 (`truncate`, what mjrl's MOReL code does instead of the paper's penalty).
 - `none`: MBPO.
 
+Three kinds optimise something other than the task's return (the thesis's survival and offline
+exploration modes). Each ends a path as `partitioning` does where `u > threshold` (epistemic):
+- `survival`: reward 1 per model step; 0 on the out-of-distribution one.
+- `exploration-penalty`: reward `lambda * u` (kept on the out-of-distribution step).
+- `exploration-partitioning`: reward 1 where `u > lambda`, the model's reward elsewhere (as
+  upstream has it), 0 on the out-of-distribution step.
+
 Samples that reach a terminal (or HALT) state stop there; a transition whose prediction is not
 finite is dropped, because a NaN target would poison every Q value it touches even when masked
 by `1 - terminal`.
@@ -36,7 +43,9 @@ from ombrl.models.ensemble import Prediction
 from ombrl.models.uncertainty import UNCERTAINTY_KINDS, uncertainty
 from ombrl.tasks import RewardFn, TerminalFn
 
-PESSIMISM_KINDS = ("none", "penalty", "partitioning")
+#: Kinds that end a path where `u > threshold`; all but `partitioning` change the objective.
+HALTING_KINDS = ("partitioning", "survival", "exploration-penalty", "exploration-partitioning")
+PESSIMISM_KINDS = ("none", "penalty", *HALTING_KINDS)
 REWARD_SOURCES = ("sampled", "mean")
 HALT_REWARDS = ("replace", "add", "truncate")
 
@@ -46,11 +55,13 @@ class Pessimism:
     """How a rollout treats uncertain transitions (resolved numbers, not rules).
 
     Attributes:
-        kind: `none` (MBPO), `penalty` or `partitioning`.
+        kind: one of `PESSIMISM_KINDS`: `none` (MBPO), `penalty`, `partitioning`, or an
+            objective other than the task's (`survival`, `exploration-*`).
         uncertainty: `epistemic`, `max_norm` or `max_var` (`ombrl.models.uncertainty`).
         scale: obs_dim weights given to `uncertainty` (None: raw units).
-        penalty_lambda: lambda of `penalty`.
-        threshold: `partitioning` marks transitions with `u > threshold`.
+        penalty_lambda: lambda of `penalty` and `exploration-penalty`; the novelty level of
+            `exploration-partitioning`.
+        threshold: the halting kinds end a path at transitions with `u > threshold`.
         halt_reward: `replace` (MOReL paper, offline-model-based-rl), `add` (J-MOReL) or
             `truncate` (mjrl's code, its issue #45: reward 0, `halt_penalty` unused).
         halt_penalty: the reward of a HALT transition (`replace`) or what is added to it.
@@ -145,9 +156,9 @@ def rollout(
             u = uncertainty(pred, pessimism.uncertainty, pessimism.scale, elites)
         if pessimism.kind == "penalty":
             rew = rew - pessimism.penalty_lambda * u
-        elif pessimism.kind == "partitioning":
+        elif pessimism.kind in HALTING_KINDS:
             halt = u > pessimism.threshold
-            rew = torch.where(halt, halt_reward(rew, pessimism), rew)
+            rew = halting_reward(rew, u, halt, pessimism)
             terminal = terminal | halt
         valid = torch.isfinite(next_obs).all(dim=-1) & torch.isfinite(rew)
         if u is not None:
@@ -170,9 +181,22 @@ def rollout(
     }
     if pessimism.kind != "none":
         stats["rollout_uncertainty"] = u_sum / count if count else 0.0
-    if pessimism.kind == "partitioning":
+    if pessimism.kind in HALTING_KINDS:
         stats["rollout_halted"] = halted / b
     return batch, stats
+
+
+def halting_reward(rew: Tensor, u: Tensor, halt: Tensor, pessimism: Pessimism) -> Tensor:
+    """The reward of a halting kind's transitions (B), from the model's reward `rew`, the
+    uncertainty `u` and where the path halts (`u > threshold`)."""
+    zero, one = torch.zeros_like(rew), torch.ones_like(rew)
+    if pessimism.kind == "survival":
+        return torch.where(halt, zero, one)
+    if pessimism.kind == "exploration-penalty":
+        return pessimism.penalty_lambda * u
+    if pessimism.kind == "exploration-partitioning":
+        return torch.where(halt, zero, torch.where(u > pessimism.penalty_lambda, one, rew))
+    return torch.where(halt, halt_reward(rew, pessimism), rew)
 
 
 def halt_reward(rew: Tensor, pessimism: Pessimism) -> Tensor:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ombrl.data.dataset import Dataset
 from ombrl.models.ensemble import DynamicsEnsemble
-from ombrl.models.model_env import Pessimism
+from ombrl.models.model_env import HALTING_KINDS, Pessimism
 from ombrl.models.uncertainty import (
     dataset_uncertainty,
     disagreement_scale,
@@ -53,14 +53,27 @@ class PartitionRule:
 
     uncertainty: str  # epistemic | max_norm | max_var
     scale: str  # none | normalized | morel | jacobian
-    threshold_rule: str  # absolute | max | meanstd | percentile
+    threshold_rule: str  # absolute | max | meanstd | percentile | fraction
     threshold: float  # the threshold (absolute) or the rule's coefficient
     halt_reward: str  # replace | add
     halt_penalty: float | None  # None: -max |r| of the dataset
 
 
+@dataclass
+class ObjectiveRule:
+    """An objective other than the task's, cut off where the elites disagree (the thesis's
+    survival and offline exploration modes; schema `$defs.survival`, `$defs.offline_exploration_*`).
+    """
+
+    objective: str  # survival | exploration-penalty | exploration-partitioning
+    scale: str  # none | normalized | morel | jacobian
+    threshold_rule: str  # absolute | max | meanstd | percentile | fraction
+    threshold: float  # the out-of-distribution threshold (absolute) or the rule's coefficient
+    penalty_lambda: float  # exploration: reward scale (penalty) or novelty level (partitioning)
+
+
 def resolve_pessimism(
-    rule: PenaltyRule | PartitionRule | None,
+    rule: PenaltyRule | PartitionRule | ObjectiveRule | None,
     ensemble: DynamicsEnsemble,
     dataset: Dataset,
     task: Task,
@@ -73,13 +86,14 @@ def resolve_pessimism(
     members); a `null` HALT penalty becomes `-max |r|` of the dataset.
 
     Args:
-        rule: a penalty or partitioning rule; None: no pessimism (MBPO).
+        rule: a penalty, partitioning or objective rule; None: no pessimism (MBPO).
         ensemble: the dynamics model.
         dataset: the offline data.
         task: gives the position count of the `morel` scale.
     """
     if rule is None:
         return Pessimism()
+    uncertainty = "epistemic" if isinstance(rule, ObjectiveRule) else rule.uncertainty
     positions = position_dims(task.name) if rule.scale == "morel" else None
     scale = disagreement_scale(
         rule.scale,
@@ -95,9 +109,17 @@ def resolve_pessimism(
     limit = rule.threshold
     if rule.threshold_rule != "absolute":
         values = dataset_uncertainty(
-            ensemble, dataset, [rule.uncertainty], _STATISTICS_BATCH, scale, ensemble.elites
-        )[rule.uncertainty]
+            ensemble, dataset, [uncertainty], _STATISTICS_BATCH, scale, ensemble.elites
+        )[uncertainty]
         limit = threshold(values, rule.threshold_rule, rule.threshold)
+    if isinstance(rule, ObjectiveRule):
+        return Pessimism(
+            rule.objective,
+            uncertainty,
+            scale,
+            penalty_lambda=rule.penalty_lambda,
+            threshold=float(limit),
+        )
     penalty = rule.halt_penalty
     if penalty is None:
         penalty = -float(np.abs(dataset.rewards).max())
@@ -113,8 +135,10 @@ def resolve_pessimism(
 
 def resolved_numbers(pessimism: Pessimism) -> dict[str, float]:
     """The data-dependent numbers worth logging next to the rollout statistics."""
-    if pessimism.kind != "partitioning":
+    if pessimism.kind not in HALTING_KINDS:
         return {}
+    if pessimism.kind != "partitioning":
+        return {"halt_threshold": pessimism.threshold}
     return {"halt_threshold": pessimism.threshold, "halt_penalty": pessimism.halt_penalty}
 
 

@@ -33,7 +33,7 @@ from ombrl.models.ensemble import DynamicsEnsemble, Prediction
 ALEATORIC_KINDS = ("max_norm", "max_var")
 UNCERTAINTY_KINDS = ("epistemic", *ALEATORIC_KINDS)
 SCALE_KINDS = ("none", "normalized", "morel", "jacobian")
-THRESHOLD_RULES = ("max", "meanstd", "percentile")
+THRESHOLD_RULES = ("max", "meanstd", "percentile", "fraction")
 # MOReL's weight of a velocity dimension relative to a position dimension.
 MOREL_VELOCITY_WEIGHT = 0.02
 # Position entries at the start of each task's observation: MuJoCo's qpos without the x
@@ -335,7 +335,9 @@ def threshold(stats_or_values: Mapping[str, float] | np.ndarray, rule: str, beta
     Mind the direction of beta. `max` (original MOReL): `max(u_data) / beta`, so a larger beta
     lowers the threshold and truncates more. `meanstd` (J-MOReL): `mean + beta * std`, so a
     larger beta raises it and truncates less. `percentile`: the beta-th percentile of u_data
-    (0..100), larger beta truncates less.
+    (0..100), larger beta truncates less. `fraction`: `mean + beta * (max - mean)`, beta the
+    fraction of the way from the dataset's mean u to its max (0: the mean, 1: the max; larger
+    truncates less), so one coefficient means the same on every dataset and ensemble.
 
     Args:
         stats_or_values: a `summarize` / `dataset_statistics` entry, or the raw u values
@@ -357,6 +359,8 @@ def threshold(stats_or_values: Mapping[str, float] | np.ndarray, rule: str, beta
         return stats["max"] / beta
     if rule == "meanstd":
         return stats["mean"] + beta * stats["std"]
+    if rule == "fraction":
+        return stats["mean"] + beta * (stats["max"] - stats["mean"])
     if rule == "percentile":
         if not 0 <= beta <= 100:
             raise OmbrlError(f"threshold percentile: beta {beta} must be in 0..100")

@@ -132,6 +132,8 @@ class EnvSampler(RealSampler):
         warmup: uniform random steps taken before the first update.
         seed: resets the environment and seeds the random actions.
         generator: draws the batches, on the agent's device.
+        initial: transitions in the buffer before the first step (finetuning keeps part of
+            the offline data); they count toward filling the first batch.
     """
 
     def __init__(
@@ -143,14 +145,21 @@ class EnvSampler(RealSampler):
         warmup: int,
         seed: int,
         generator: torch.Generator,
+        initial: Batch | None = None,
     ) -> None:
-        if warmup < batch_size:
-            raise OmbrlError(f"warmup: {warmup} steps cannot fill a batch of {batch_size}")
+        kept = 0 if initial is None else len(initial)
+        if warmup + kept < batch_size:
+            raise OmbrlError(
+                f"warmup: {warmup} steps and {kept} kept transitions cannot fill a batch of "
+                f"{batch_size}"
+            )
         super().__init__(
-            ReplayBuffer(capacity, agent.obs_dim, agent.act_dim, agent.device),
+            ReplayBuffer(capacity + kept, agent.obs_dim, agent.act_dim, agent.device),
             batch_size,
             generator,
         )
+        if initial is not None:
+            self.real.add(initial)
         self.env, self.agent, self.warmup = gym.make(env_id), agent, warmup
         self.rng = np.random.default_rng(seed)
         self.obs = self.env.reset(seed=seed)[0]
