@@ -26,6 +26,8 @@ REMOTE_JOBS = {
     "train_policy": 2,
     "scores": 1,
     "figure_avg_return": 1,
+    "figure_final_scores": 1,
+    "figure_performance_profile": 1,
     "figure_ensemble_loss": 1,
 }
 
@@ -35,10 +37,11 @@ SLURM_MODES = ("bc", "aleatoric-penalty")
 
 
 def copy_study(workdir: Path) -> Path:
-    """The tiny study with only `SLURM_MODES`."""
+    """The tiny study with only `SLURM_MODES` (and so none of its sweeps)."""
     copy_workflow(workdir)
     study = yaml.safe_load((workdir / "study.yaml").read_text())
     study["modes"] = {mode: study["modes"][mode] for mode in SLURM_MODES}
+    study.pop("sweeps", None)
     (workdir / "study.yaml").write_text(yaml.safe_dump(study))
     return workdir
 
