@@ -88,7 +88,10 @@ ENV = ["--env", "Pendulum-v1"]
     "args, fragment",
     [
         ([*ENV, "--mode", "bc"], "--env trains online, which only --mode sac does, not bc"),
-        ([*ENV, "--mode", "sac", "--warmup", "10"], "warmup: 10 steps cannot fill a batch of 256"),
+        (
+            [*ENV, "--mode", "sac", "--warmup", "10"],
+            "warmup: 10 steps and 0 kept transitions cannot fill a batch of 256",
+        ),
         (  # with --dataset, --env names the data's environment: offline, the file is read
             [*ENV, "--mode", "sac", "--dataset", "d.hdf5"],
             "d.hdf5: no such dataset file",

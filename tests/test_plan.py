@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from study_runner import copy_workflow, scheduled, snakemake
 
+from ombrl.config import load_study, read_yaml
+from ombrl.methods import METHODS
 from ombrl.plan import UNITS, calibrate, dry_run_jobs, format_plan, plan
 
 pytestmark = pytest.mark.slow
@@ -48,22 +50,27 @@ def test_each_job_is_priced_from_its_settings(tmp_path):
     for rule, row in rows.items():
         if rule != "all":
             assert row.cpu_hours * 3600 == pytest.approx(row.jobs)
-    # One second per SAC update: the tiny study's 7 SAC-family entries x 200 steps (bc, morel
-    # and j-morel make no SAC update).
+    # One second per SAC update: every update of the tiny study's SAC-family entries (bc, morel
+    # and j-morel make none).
+    modes = load_study(read_yaml(workdir / "study.yaml"), "tiny", root=workdir)["modes"]
+    sac_updates = sum(e["steps"] for e in modes.values() if METHODS[e["method"]].module == "sac")
     rows = {
         r.rule: r for r in plan(Path("study.yaml"), calibration(tmp_path, sac_update=1.0), workdir)
     }
-    assert rows["train_policy"].cpu_hours * 3600 == pytest.approx(7 * 200)
+    assert rows["train_policy"].cpu_hours * 3600 == pytest.approx(sac_updates)
     assert rows["train_ensemble"].cpu_hours == 0
-    # One second per environment step: evaluations (at 0, 100, 200 of the 200-update modes;
-    # at iterations 0, 2, 4 of the NPG ones) x 2 episodes x 1000 steps, plus 1500 collected.
+    # One second per environment step: each entry's 3 evaluations (at 0, 100, 200 of the
+    # 200-step modes; at iterations 0, 2, 4 of the NPG ones) x 2 episodes x 1000 steps, plus
+    # 1500 collected.
     rows = {
         r.rule: r for r in plan(Path("study.yaml"), calibration(tmp_path, env_step=1.0), workdir)
     }
-    assert rows["train_policy"].cpu_hours * 3600 == pytest.approx(10 * 3 * 2 * 1000)
+    assert rows["train_policy"].cpu_hours * 3600 == pytest.approx(len(modes) * 3 * 2 * 1000)
     assert rows["collect_dataset"].cpu_hours * 3600 == pytest.approx(1500)
     text = format_plan(list(rows.values()), Path("study.yaml"))
-    assert text.splitlines()[-1].split()[:2] == ["total", "19"]
+    jobs = 1 + 1 + len(modes) + 1 + 1 + 1 + 4 + 1  # data, store, policies, ensemble, its figure,
+    # scores, the four figures of the scores (avg_return, final_scores, profile, sweep), all
+    assert text.splitlines()[-1].split()[:2] == ["total", str(jobs)]
 
 
 def cpu_seconds() -> float:

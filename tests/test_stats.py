@@ -294,9 +294,9 @@ def scores_args(folder: Path, progress: list[Path], *flags: str) -> list[str]:
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--last-k", "0"], "ombrl: error: last_k: 0, expected a whole number of evaluations >= 1"),
+        (["--last-k", "0"], "ombrl: error: ombrl scores: argument --last-k: 0 must be at least 1"),
         (["--last-k", "7"], "ombrl: error: last_k: 7 evaluations asked for, but dataset "),
-        (["--last-k", "x"], "ombrl: error: ombrl scores: argument --last-k: invalid int value"),
+        (["--last-k", "x"], "ombrl: error: ombrl scores: argument --last-k: 'x' is not an integer"),
         (
             ["--baseline", "bcc"],
             "ombrl: error: baseline 'bcc': no such mode in the scores (modes: ",

@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from ombrl.config import SCHEMA
 from ombrl.errors import OmbrlError
+from ombrl.evaluate import continuous_spaces
 from ombrl.methods import METHODS
 from ombrl.tracking import DEFAULT_TRACKING_URI
 
@@ -388,8 +389,6 @@ def _at_least(minimum: int):
 
 def _env_id(text: str) -> str:
     """An argparse type: a gymnasium id with continuous observations and actions."""
-    from ombrl.evaluate import continuous_spaces
-
     try:
         continuous_spaces(text)
     except OmbrlError as error:
