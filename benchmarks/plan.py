@@ -26,7 +26,9 @@ from pathlib import Path
 from ombrl.plan import calibrate, plan
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ["Snakefile", "workflow", "config", "envs", "notebooks", "profiles", ".test", "src"]
+sys.path.insert(0, str(ROOT / "tests"))
+from study_runner import copy_workflow  # noqa: E402  (the tests' copy of a user's clone)
+
 #: Stages run in order; each runs its rules' jobs (and whatever they need and is not done).
 STAGES = [
     ("datasets", ["collect_dataset", "download_dataset", "tracking_store"]),
@@ -62,14 +64,7 @@ def main() -> None:
 
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ombrl-plan-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    for name in COPIED:
-        source = ROOT / name
-        if source.is_dir():
-            ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-            shutil.copytree(source, workdir / name, symlinks=True, ignore=ignore)
-        else:
-            shutil.copy2(source, workdir / name)
-    shutil.copy(ROOT / args.config, workdir / "study.yaml")
+    copy_workflow(workdir, args.config)
 
     calibration = Path(args.calibration) if args.calibration else workdir / "calibration.json"
     if not args.calibration:
