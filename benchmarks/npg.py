@@ -33,31 +33,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ombrl.agents.npg import NPG, NPGConfig
+from ombrl.config import build, resolve_mode
 from ombrl.models.ensemble import DynamicsEnsemble, Prediction
 from ombrl.models.model_env import Pessimism
 from ombrl.models.paths import Paths, model_paths
 from ombrl.tasks import get_task
 
 OBS, ACT, MEMBERS, HIDDEN, ELITES = 17, 6, 7, [512] * 4, [0, 1, 2, 3]
-# mjrl / J-MOReL's NPG (HalfCheetah: init log-std -1.0).
-CONFIG = NPGConfig(
-    hidden_size=[64, 64],
-    init_log_std=-1.0,
-    min_log_std=-1.0,
-    step_size=0.02,
-    cg_iters=20,
-    cg_damping=1e-3,
-    gamma=0.999,
-    gae_lambda=0.97,
-    value_hidden_size=[128, 128],
-    value_lr=1e-3,
-    value_weight_decay=1e-3,
-    value_batch_size=256,
-    value_epochs=1,
-    bc_epochs=5,
-    bc_batch_size=256,
-    bc_lr=1e-3,
-    input_scaling="morel",
+# mjrl / J-MOReL's NPG (the schema's defaults; HalfCheetah: init log-std -1.0).
+CONFIG = build(
+    NPGConfig, resolve_mode("morel", {"ensemble": "-", "init_log_std": -1.0}, "benchmark")
 )
 HALT = Pessimism("partitioning", "epistemic", threshold=float("inf"), halt_reward="add")
 

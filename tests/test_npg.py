@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ombrl.agents.npg import NPG, NPGConfig, PathBatch, conjugate_gradient, gae
+from ombrl.config import build, resolve_mode
 from ombrl.errors import OmbrlError
 from ombrl.models.ensemble import Prediction
 from ombrl.models.model_env import Pessimism, rollout
@@ -21,28 +23,10 @@ THRESHOLD = 5.0
 
 
 def config(**overrides) -> NPGConfig:
-    """mjrl / J-MOReL's NPG values, small networks; tests override what they exercise."""
-    values = dict(
-        hidden_size=[32, 32],
-        init_log_std=-0.25,
-        min_log_std=-1.0,
-        step_size=0.02,
-        cg_iters=20,
-        cg_damping=1e-3,
-        gamma=0.999,
-        gae_lambda=0.97,
-        value_hidden_size=[32, 32],
-        value_lr=1e-3,
-        value_weight_decay=1e-3,
-        value_batch_size=256,
-        value_epochs=1,
-        bc_epochs=5,
-        bc_batch_size=256,
-        bc_lr=1e-3,
-        input_scaling="morel",
-    )
-    values.update(overrides)
-    return NPGConfig(**values)
+    """The schema's NPG defaults (mjrl / J-MOReL's values) with small networks; tests override
+    what they exercise (a linear policy, `hidden_size=[]`, too, which no study may ask for)."""
+    params = {"ensemble": "-", "hidden_size": [32, 32], "value_hidden_size": [32, 32]}
+    return replace(build(NPGConfig, resolve_mode("morel", params, "test")), **overrides)
 
 
 def gen(seed: int = 0) -> torch.Generator:
