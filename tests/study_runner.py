@@ -1,5 +1,6 @@
 """Run the real workflow in a fresh copy of the repository's workflow files (shared by tests)."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -54,3 +55,24 @@ def scheduled(result: subprocess.CompletedProcess) -> dict[str, int]:
         if match and match.group(1) not in ("total", "all"):
             counts[match.group(1)] = int(match.group(2))
     return counts
+
+
+def papermill(notebook: str, folder: Path, parameters: dict) -> subprocess.CompletedProcess:
+    """Execute `notebooks/{notebook}.ipynb` with `parameters` as the workflow's rules do
+    (papermill, the python3 kernel), writing the executed copy into `folder`."""
+    return subprocess.run(
+        [
+            str(BIN / "papermill"),
+            str(ROOT / f"notebooks/{notebook}.ipynb"),
+            str(folder / f"{notebook}.ipynb"),
+            "-k",
+            "python3",
+            "--no-progress-bar",
+            "-y",
+            json.dumps(parameters),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        timeout=300,
+    )

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from study_runner import papermill
 
 from ombrl.data.dataset import Dataset
 from ombrl.models.ensemble import DynamicsEnsemble
@@ -20,8 +20,6 @@ from ombrl.tracking import CsvLog
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks/ensemble_loss.ipynb"
-PAPERMILL = Path(sys.executable).parent / "papermill"
 MEMBERS = 3
 
 
@@ -89,21 +87,7 @@ def run_notebook(folder: Path, csvs: list[Path], labels: list[str]) -> subproces
         "labels": labels,
         "output_pdf": str(folder / "figure/ensemble_loss.pdf"),
     }
-    return subprocess.run(
-        [
-            str(PAPERMILL),
-            str(NOTEBOOK),
-            str(folder / "executed.ipynb"),
-            "-k",
-            "python3",
-            "--no-progress-bar",
-            "-y",
-            json.dumps(parameters),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=folder,
-    )
+    return papermill("ensemble_loss", folder, parameters)
 
 
 def test_notebook_plots_each_ensemble(tmp_path, metrics):
@@ -111,7 +95,7 @@ def test_notebook_plots_each_ensemble(tmp_path, metrics):
     assert done.returncode == 0, done.stderr[-3000:]
     pdf = tmp_path / "figure/ensemble_loss.pdf"
     assert pdf.read_bytes().startswith(b"%PDF")
-    executed = json.loads((tmp_path / "executed.ipynb").read_text())
+    executed = json.loads((tmp_path / "ensemble_loss.ipynb").read_text())
     summary = executed["cells"][-1]["outputs"][0]["data"]["text/plain"]
     # The summary table lists both ensembles with the 6 epochs each one trained.
     assert "dnn" in "".join(summary) and "pnn" in "".join(summary)

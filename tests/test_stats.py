@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import mannwhitneyu
+from study_runner import papermill
 
 from ombrl.cli import main
 from ombrl.errors import OmbrlError
@@ -348,22 +349,8 @@ def test_scores_verb_writes_both_tables_and_their_markdown(tables):
 
 
 def run_notebook(name: str, folder: Path, **parameters: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            str(BIN / "papermill"),
-            str(ROOT / f"notebooks/{name}.ipynb"),
-            str(folder / f"{name}.ipynb"),
-            "-k",
-            "python3",
-            "--no-progress-bar",
-            "-y",
-            json.dumps({**parameters, "output_pdf": str(folder / f"figures/{name}.pdf")}),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=folder,
-        timeout=180,
-    )
+    output = {"output_pdf": str(folder / f"figures/{name}.pdf")}
+    return papermill(name, folder, {**parameters, **output})
 
 
 def test_final_scores_notebook_draws_the_intervals(tmp_path, tables):

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from study_runner import copy_workflow, scheduled, snakemake
+from study_runner import copy_workflow, papermill, scheduled, snakemake
 
 from ombrl.config import load_study, read_yaml
 from ombrl.errors import OmbrlError
@@ -159,21 +159,7 @@ def run_notebook(folder: Path, final: pd.DataFrame, sweeps: dict) -> subprocess.
         "sweeps": sweeps,
         "output_pdf": str(folder / "figures/sweep.pdf"),
     }
-    return subprocess.run(
-        [
-            str(BIN / "papermill"),
-            str(ROOT / "notebooks/sweep.ipynb"),
-            str(folder / "sweep.ipynb"),
-            "-k",
-            "python3",
-            "--no-progress-bar",
-            "-y",
-            json.dumps(parameters),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=folder,
-    )
+    return papermill("sweep", folder, parameters)
 
 
 @pytest.mark.slow
