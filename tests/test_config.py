@@ -191,3 +191,19 @@ def test_more_elites_than_members_is_an_error_not_a_clamp():
     study["ensembles"]["pnn-small"]["params"].update(num_models=3, num_elites=5)
     with pytest.raises(OmbrlError, match="num_elites: 5 is more than num_models \\(3\\)"):
         load_study(study, "s.yaml", root=ROOT)
+
+
+def test_the_locomotion_study_is_the_d4rl_study_on_generated_data():
+    """config/locomotion.yaml keeps d4rl.yaml's settings, dataset for dataset (no drift)."""
+    d4rl, loco = (read_yaml(ROOT / "config" / f"{name}.yaml") for name in ("d4rl", "locomotion"))
+    for key in ("seeds", "ensembles", "modes", "evaluation", "scores"):
+        assert loco[key] == d4rl[key], key
+    assert {f"{name}-v2": values for name, values in loco["overrides"].items()} == d4rl["overrides"]
+    assert {f"{name}-v2" for name in loco["datasets"]} == set(d4rl["datasets"])
+    study = load_study(loco, "config/locomotion.yaml", root=ROOT)
+    for name, spec in study["datasets"].items():
+        assert (spec["source"], spec["env"].split("-")[0].lower()) == (
+            "generate",
+            name.split("-")[0],
+        )
+        assert name.endswith(spec["quality"])

@@ -9,7 +9,7 @@ from study_runner import copy_workflow, scheduled, snakemake
 
 from ombrl.config import load_study, read_yaml
 from ombrl.methods import METHODS
-from ombrl.plan import UNITS, calibrate, dry_run_jobs, format_plan, plan
+from ombrl.plan import UNITS, Pricer, calibrate, dry_run_jobs, format_plan, plan
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +71,42 @@ def test_each_job_is_priced_from_its_settings(tmp_path):
     jobs = 1 + 1 + len(modes) + 1 + 1 + 1 + 4 + 1  # data, store, policies, ensemble, its figure,
     # scores, the four figures of the scores (avg_return, final_scores, profile, sweep), all
     assert text.splitlines()[-1].split()[:2] == ["total", str(jobs)]
+
+
+GENERATED = """seeds: [0]
+tracking_uri: none
+modes: {bc: {steps: 10}}
+datasets:
+  hop-medium:
+    {source: generate, env: Hopper-v5, quality: medium, transitions: 100, behaviour: &run
+      {env_steps: 3000, warmup: 1000, snapshot_every: 1000, eval_episodes: 2}}
+  hop-replay: {source: generate, env: Hopper-v5, quality: medium-replay, behaviour: *run}
+  hop-me: {source: generate, env: Hopper-v5, quality: medium-expert, transitions: 100,
+           behaviour: *run}
+"""
+
+
+def test_behaviour_runs_and_generated_datasets_are_priced(tmp_path):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    copy_workflow(workdir)
+    (workdir / "study.yaml").write_text(GENERATED)
+    jobs = dry_run_jobs(Path("study.yaml"), workdir)
+    study = load_study(read_yaml(workdir / "study.yaml"), "study.yaml", root=workdir)
+
+    def cost(rule: str, **seconds: float) -> float:
+        units = json.loads(calibration(tmp_path, **seconds).read_text())["units"]
+        pricer = Pricer(study, units, workdir)
+        return sum(pricer.job(job) for job in jobs if job.rule == rule)
+
+    # One behaviour run shared by three datasets: an update per step after the warmup.
+    assert [job.rule for job in jobs].count("behaviour") == 1
+    assert cost("behaviour", sac_update=1.0) == pytest.approx(3000 - 1000)
+    # Its steps, then full 1000-step episodes: 2 per snapshot (steps 0, 1000, 2000, 3000) and
+    # 10 each for the random and expert own references.
+    assert cost("behaviour", env_step=1.0) == pytest.approx(3000 + (4 * 2 + 2 * 10) * 1000)
+    # medium and medium-expert roll snapshots out (100 + 2 x 100 rows); medium-replay copies.
+    assert cost("generate_dataset", env_step=1.0) == pytest.approx(300)
 
 
 def cpu_seconds() -> float:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ombrl.config import load_study, mode_params, read_yaml
+from ombrl.config import build, load_study, mode_params, read_yaml
 from ombrl.errors import OmbrlError
 
 #: Where `calibrate` stores its figures unless told otherwise.
@@ -297,6 +297,9 @@ def dataset_info(name: str, spec: dict, workdir: Path) -> DatasetInfo:
 
     env_id = spec.get("env")
     transitions = spec.get("transitions")
+    if spec["source"] == "generate":  # medium-replay: at most the whole behaviour run
+        parts = {"medium-expert": 2, "medium-replay": 0}.get(spec["quality"], 1)
+        transitions = parts * transitions if parts else spec["behaviour"]["env_steps"]
     if spec["source"] == "d4rl":
         parsed = parse_name(name)
         env_id = parsed.gym_id
@@ -346,6 +349,12 @@ class Pricer:
         w = job.wildcards
         if job.rule == "collect_dataset":
             cost += self.unit("env_step", calls=self.study["datasets"][w["dataset"]]["transitions"])
+        elif job.rule == "behaviour":
+            cost += self.behaviour(w["behaviour"])
+        elif job.rule == "generate_dataset":  # rolls a snapshot out (medium-replay: a copy)
+            rows = self.dataset(w["dataset"]).transitions
+            quality = self.study["datasets"][w["dataset"]]["quality"]
+            cost += self.unit("env_step", calls=0 if quality == "medium-replay" else rows)
         elif job.rule == "train_ensemble":
             cost += self.ensemble(
                 self.dataset(w["dataset"]), self.study["ensembles"][w["ensemble"]]
@@ -369,6 +378,23 @@ class Pricer:
         per_epoch = self.unit("ensemble_step", step, math.ceil(train / batch))
         per_epoch += self.unit("model_step", check)
         return cfg["fit_epochs"] * per_epoch
+
+    def behaviour(self, run: str) -> float:
+        """Online SAC: an update and an environment step per step after the warmup, and the
+        evaluations of every snapshot (priced at full episodes) and of the own references."""
+        from ombrl.data.behaviour import OWN_REF_EPISODES, snapshot_steps
+        from ombrl.data.requests import BehaviourConfig, behaviour_name
+
+        name = next(
+            d for d, s in self.study["datasets"].items()
+            if s["source"] == "generate" and behaviour_name(s) == run
+        )  # fmt: skip
+        data, cfg = self.dataset(name), self.study["datasets"][name]["behaviour"]
+        flops = sac_flops(cfg["batch_size"], data.obs, data.act, cfg["hidden_size"])
+        cost = self.unit("sac_update", flops, cfg["env_steps"] - cfg["warmup"])
+        snapshots = len(snapshot_steps(build(BehaviourConfig, cfg)))
+        episodes = snapshots * cfg["eval_episodes"] + 2 * OWN_REF_EPISODES
+        return cost + self.unit("env_step", calls=cfg["env_steps"] + episodes * data.episode_steps)
 
     def policy(self, dataset: str, mode: str) -> float:
         from ombrl.methods import method_spec
