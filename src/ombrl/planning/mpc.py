@@ -1,8 +1,9 @@
 """The PETS model-predictive controller: plan a horizon, act its first step, replan.
 
-The cost of a candidate action sequence is minus the task reward summed along each
-particle's predicted trajectory, averaged over the candidate's particles (upstream
-handful-of-trials `MPC._compile_cost`). A particle that reaches a terminal state stops
+The cost of a candidate action sequence is minus the task's planning reward
+(`Task.plan_reward`: the environment's reward unless the task plans with a cost of its own, as
+upstream's cartpole did) summed along each particle's predicted trajectory, averaged over the
+candidate's particles (upstream handful-of-trials `MPC._compile_cost`). A particle that reaches a terminal state stops
 earning (terminal states are absorbing: the environment would have ended the episode), and a
 non-finite particle cost counts as 1e6, as upstream's NaN guard.
 """
@@ -26,7 +27,7 @@ def trajectory_costs(propagator: Propagator, task: Task, obs: Tensor, actions: T
 
     Args:
         propagator: moves the particles (one ensemble call per step).
-        task: reward and termination functions.
+        task: planning reward and termination functions.
         obs: obs_dim, the current observation (every particle starts there).
         actions: P x H x act candidate sequences.
 
