@@ -3,9 +3,9 @@
 The cost of a candidate action sequence is minus the task's planning reward
 (`Task.plan_reward`: the environment's reward unless the task plans with a cost of its own, as
 upstream's cartpole did) summed along each particle's predicted trajectory, averaged over the
-candidate's particles (upstream handful-of-trials `MPC._compile_cost`). A particle that reaches a terminal state stops
-earning (terminal states are absorbing: the environment would have ended the episode), and a
-non-finite particle cost counts as 1e6, as upstream's NaN guard.
+candidate's particles (upstream handful-of-trials `MPC._compile_cost`). A particle that
+reaches a terminal state stops earning (terminal states are absorbing: the environment would
+have ended the episode), and a non-finite particle cost counts as 1e6, as upstream's NaN guard.
 """
 
 from __future__ import annotations
