@@ -229,6 +229,34 @@ def test_terminal_states_are_absorbing_and_non_finite_costs_are_1e6() -> None:
     assert cost.item() == pytest.approx((-3 + NON_FINITE_COST) / 2, abs=1e-3)
 
 
+@pytest.mark.parametrize("prop_type", ["E", "DS", "TS1", "TSinf", "MM"])
+def test_costs_in_the_members_layout_equal_a_per_step_reference(prop_type: str) -> None:
+    """`trajectory_costs` keeps particles in the members' layout and scores the whole horizon
+    at once; a plain loop of `step` on `P x N` particles with per-step rewards and absorbing
+    ends, drawing the same random numbers, gives the same costs."""
+    model = two_members(var=(0.3, 0.8))
+    task = _task(lambda s, a, n: n[:, 0] - a[:, 0].square(), lambda s, a, n: n[:, 0] > 9)
+    actions = torch.randn(6, 5, 1, generator=torch.Generator().manual_seed(1))
+    obs = torch.tensor([0.5])
+    prop = Propagator(model, prop_type, 4, True, torch.Generator().manual_seed(2))
+    got = trajectory_costs(prop, task, obs, actions)
+    ref = Propagator(model, prop_type, 4, True, torch.Generator().manual_seed(2))
+    n = ref.num_particles
+    states = obs.expand(6, n, 1)
+    returns, alive = torch.zeros(6, n), torch.ones(6, n, dtype=torch.bool)
+    for t in range(5):
+        nxt = ref.step(states, actions[:, t])
+        for i in range(6):
+            for j in range(n):
+                s, a, s2 = states[i, j : j + 1], actions[i, t : t + 1], nxt[i, j : j + 1]
+                if alive[i, j]:
+                    returns[i, j] += task.reward(s, a, s2)[0]
+                    alive[i, j] = not task.terminal(s, a, s2)[0]
+        states = nxt
+    assert not alive.all()  # some particles end inside the horizon
+    torch.testing.assert_close(got, -returns.mean(dim=1))
+
+
 # ---------------------------------------------------------------------------------------------
 # settings and the CLI's one-line errors
 
