@@ -90,12 +90,11 @@ def _pendulum_planning_reward(obs: Tensor, act: Tensor, next_obs: Tensor) -> Ten
     """InvertedPendulum's planning reward: upstream PETS's cartpole cost, paid while alive.
 
     The environment pays 1 per step upright, which leaves a planner nothing to choose between
-    candidates that all survive the horizon, so the cart drifts into the end of its rail
-    (|x| = 1) and the pole falls there. Upstream PETS planned its cartpole with
+    candidates that all survive the horizon, so the cart drifts towards the end of its rail
+    (|x| = 1) and the pole falls near it. Upstream PETS planned its cartpole with
     `exp(-|tip - (0, L)|^2 / L^2) - 0.01 |a|^2`: the pole tip's distance to the upright pole
-    above x = 0. Steering the tip rather than x and the angle apart moves the cart back to the
-    middle the way that keeps the pole up (tilt it towards the middle first). It is paid on
-    the steps that do not terminate, so falling always costs more than any step survived.
+    above x = 0, one smooth term for the cart's position and the pole's angle. The distance
+    term is paid only on steps that do not terminate: falling ends a particle's earnings.
     """
     x, angle = next_obs[:, 0], next_obs[:, 1]
     tip_x = x + POLE_LENGTH * torch.sin(angle)
