@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import pytest
 import torch
@@ -61,3 +62,38 @@ def test_v4_is_not_supported(env_id: str) -> None:
     """-v4 pays the distances before the step (at s): another function, not provided."""
     with pytest.raises(OmbrlError, match=env_id):
         get_task(env_id)
+
+
+def test_inverted_pendulum_plans_with_the_pole_tips_distance_while_alive() -> None:
+    """The planning reward is upstream's cartpole cost on gymnasium's pendulum: the pole tip,
+    taken from MuJoCo's own geometry, near the upright pole above x = 0; 0 on a fall."""
+    env = gym.make("InvertedPendulum-v5").unwrapped
+    env.reset(seed=0)
+    model, data = env.model, env.data
+    rng = np.random.default_rng(0)
+    states = np.column_stack([rng.uniform(-0.9, 0.9, 50), rng.uniform(-0.3, 0.3, 50)])
+    expected = []
+    for qpos in states:
+        data.qpos[:] = qpos
+        mujoco.mj_forward(model, data)
+        cart, pole = data.geom("cart").xpos, data.geom("cpole").xpos
+        tip = cart + 2 * (pole - cart)  # the capsule's centre is half way up the pole
+        length = 2 * np.linalg.norm(pole - cart)
+        distance2 = tip[0] ** 2 + (tip[2] - cart[2] - length) ** 2
+        expected.append(np.exp(-distance2 / length**2) if abs(qpos[1]) <= 0.2 else 0.0)
+    env.close()
+    task = get_task("InvertedPendulum-v5")
+    next_obs = torch.as_tensor(np.column_stack([states, np.zeros((50, 2))]))
+    act = torch.full((50, 1), 2.0, dtype=torch.float64)
+    got = task.plan_reward(torch.zeros_like(next_obs), act, next_obs).numpy()
+    # atol: the XML's pole leans 1 mm (fromto 0 0 0 0.001 0 0.6), the cost takes it upright.
+    np.testing.assert_allclose(got, np.asarray(expected) - 0.01 * 4.0, atol=3e-3)
+    assert (np.asarray(expected)[np.abs(states[:, 1]) > 0.2] == 0).all()
+    # The centred upright pole is the best state; other tasks plan with their reward.
+    upright = torch.zeros(1, 4, dtype=torch.float64)
+    assert task.plan_reward(upright, act[:1] * 0, upright).item() == pytest.approx(1.0)
+    reacher = get_task("Reacher-v5")
+    obs = torch.randn(5, 10)
+    torch.testing.assert_close(
+        reacher.plan_reward(obs, obs[:, :2], obs), reacher.reward(obs, obs[:, :2], obs)
+    )

@@ -46,6 +46,8 @@ class Task:
         action_high: upper action bound.
         reward: `(obs B x obs, act B x act, next_obs B x obs) -> B` float reward.
         terminal: `(obs, act, next_obs) -> B` bool, true when the episode ends (no bootstrap).
+        planning_reward: what a planner maximises instead of `reward`, where the reward gives it
+            too little to rank candidates by (None: the reward itself); see `plan_reward`.
     """
 
     name: str
@@ -56,6 +58,14 @@ class Task:
     action_high: float
     reward: RewardFn
     terminal: TerminalFn
+    planning_reward: RewardFn | None = None
+
+    def plan_reward(self, obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
+        """The reward a planner (PETS) maximises: `planning_reward` if the task has one, else
+        the environment's `reward`. Upstream PETS plans each task with a cost function of its
+        own (its cartpole: a smooth distance of the pole tip), which need not be the reward the
+        returns are measured in."""
+        return (self.planning_reward or self.reward)(obs, act, next_obs)
 
 
 def _not_finite(x: Tensor) -> Tensor:
@@ -70,6 +80,28 @@ def _pendulum_reward(obs: Tensor, act: Tensor, next_obs: Tensor, paid_on_termina
     if paid_on_terminal:
         return torch.ones(next_obs.shape[0], dtype=next_obs.dtype, device=next_obs.device)
     return (~_pendulum_terminal(obs, act, next_obs)).to(next_obs.dtype)
+
+
+# The pole's length in gymnasium's inverted_pendulum.xml (and in upstream PETS's cartpole).
+POLE_LENGTH = 0.6
+
+
+def _pendulum_planning_reward(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
+    """InvertedPendulum's planning reward: upstream PETS's cartpole cost, paid while alive.
+
+    The environment pays 1 per step upright, which leaves a planner nothing to choose between
+    candidates that all survive the horizon, so the cart drifts towards the end of its rail
+    (|x| = 1) and the pole falls near it. Upstream PETS planned its cartpole with
+    `exp(-|tip - (0, L)|^2 / L^2) - 0.01 |a|^2`: the pole tip's distance to the upright pole
+    above x = 0, one smooth term for the cart's position and the pole's angle. The distance
+    term is paid only on steps that do not terminate: falling ends a particle's earnings.
+    """
+    x, angle = next_obs[:, 0], next_obs[:, 1]
+    tip_x = x + POLE_LENGTH * torch.sin(angle)
+    tip_drop = POLE_LENGTH * (1 - torch.cos(angle))
+    closeness = torch.exp(-(tip_x.square() + tip_drop.square()) / POLE_LENGTH**2)
+    alive = ~_pendulum_terminal(obs, act, next_obs)
+    return torch.where(alive, closeness, 0.0) - 0.01 * act.square().sum(dim=-1)
 
 
 def _hopper_terminal(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
@@ -131,6 +163,7 @@ class _Family:
     action_bound: float
     make_reward: Callable[[bool], RewardFn]  # argument: paid on the terminating step (-v4)
     terminal: TerminalFn
+    planning_reward: RewardFn | None = None  # Task.planning_reward
     versions: tuple[str, ...] = ("4", "5")  # gymnasium versions whose reward this is
 
 
@@ -142,6 +175,7 @@ _FAMILIES = {
         3.0,
         lambda v4: partial(_pendulum_reward, paid_on_terminal=v4),
         _pendulum_terminal,
+        planning_reward=_pendulum_planning_reward,
     ),
     "Hopper": _Family(
         "hopper",
@@ -221,4 +255,5 @@ def get_task(env_id: str) -> Task:
         action_high=family.action_bound,
         reward=family.make_reward(v4),
         terminal=family.terminal,
+        planning_reward=family.planning_reward,
     )

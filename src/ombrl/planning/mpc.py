@@ -1,10 +1,11 @@
 """The PETS model-predictive controller: plan a horizon, act its first step, replan.
 
-The cost of a candidate action sequence is minus the task reward summed along each
-particle's predicted trajectory, averaged over the candidate's particles (upstream
-handful-of-trials `MPC._compile_cost`). A particle that reaches a terminal state stops
-earning (terminal states are absorbing: the environment would have ended the episode), and a
-non-finite particle cost counts as 1e6, as upstream's NaN guard.
+The cost of a candidate action sequence is minus the task's planning reward
+(`Task.plan_reward`: the environment's reward unless the task plans with a cost of its own, as
+upstream's cartpole did) summed along each particle's predicted trajectory, averaged over the
+candidate's particles (upstream handful-of-trials `MPC._compile_cost`). A particle that
+reaches a terminal state stops earning (terminal states are absorbing: the environment would
+have ended the episode), and a non-finite particle cost counts as 1e6, as upstream's NaN guard.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def trajectory_costs(propagator: Propagator, task: Task, obs: Tensor, actions: T
 
     Args:
         propagator: moves the particles (one ensemble call per step).
-        task: reward and termination functions.
+        task: planning reward and termination functions.
         obs: obs_dim, the current observation (every particle starts there).
         actions: P x H x act candidate sequences.
 
@@ -35,23 +36,21 @@ def trajectory_costs(propagator: Propagator, task: Task, obs: Tensor, actions: T
         finite), averaged over the candidate's particles.
     """
     p, horizon, a = actions.shape
-    n = propagator.num_particles
-    states = obs.to(actions).expand(p, n, obs.shape[-1])
-    returns = torch.zeros(p, n, dtype=actions.dtype, device=actions.device)
-    alive = torch.ones(p, n, dtype=torch.bool, device=actions.device)
+    acts = propagator.actions(actions)  # H x G x R x act (layout of `Propagator.start`)
+    states = [propagator.start(obs.to(actions), p)]
     for t in range(horizon):
-        act_t = actions[:, t]
-        next_states = propagator.step(states, act_t)
-        flat = (states.reshape(p * n, -1), act_t.repeat_interleave(n, dim=0))
-        next_flat = next_states.reshape(p * n, -1)
-        reward = task.reward(*flat, next_flat).view(p, n)
-        done = task.terminal(*flat, next_flat).view(p, n)
-        returns += torch.where(alive, reward, torch.zeros_like(reward))
-        alive &= ~done
-        states = next_states
-    costs = -returns
-    costs = torch.where(torch.isfinite(costs), costs, torch.full_like(costs, NON_FINITE_COST))
-    return costs.mean(dim=1)
+        states.append(propagator.advance(states[-1], acts[t]))
+    # Rewards and ends of the whole horizon, one call each: (H+1) x G x R x obs states.
+    path = torch.stack(states)
+    d = path.shape[-1]
+    flat = (path[:-1].reshape(-1, d), acts.reshape(-1, a), path[1:].reshape(-1, d))
+    reward = task.plan_reward(*flat).view(acts.shape[:-1])
+    done = task.terminal(*flat).view(acts.shape[:-1])
+    # A particle earns at step t while no earlier step ended its episode.
+    alive = done.cumsum(dim=0) == done.long()
+    costs = -torch.where(alive, reward, 0.0).sum(dim=0)
+    costs = torch.where(torch.isfinite(costs), costs, NON_FINITE_COST)
+    return propagator.candidate_mean(costs)
 
 
 class MPCAgent:
@@ -86,7 +85,7 @@ class MPCAgent:
         """Forget the previous plan (call at the start of every episode)."""
         self.plan = self.middle.clone()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Plan H steps from `obs` (obs_dim) and return the plan's first action (act_dim)."""
         device = self.propagator.model.input_mean.device

@@ -1,8 +1,10 @@
 """Uncertainty propagation: moving particles through a dynamics ensemble (PETS).
 
 PETS scores an action sequence by pushing `N` particles per candidate through the learned
-dynamics. Every step costs ONE batched ensemble call for the whole population: particles are
-laid out `P x N x obs` (candidate, particle) and reshaped into the members' `E x B x in`.
+dynamics. Every step costs ONE batched ensemble call for the whole population. `step` takes
+particles as `P x N x obs` (candidate, particle); a planner keeps them in the members' layout
+instead (`start`, `advance`: `E x (P N / E) x obs` for trajectory sampling), so TSinf moves
+no particle between steps.
 
 Model types (upstream `-ca model-type`):
 - D, P: one network, deterministic or probabilistic: the ensemble's best member
@@ -198,13 +200,61 @@ class Propagator:
         self.use_variance = use_variance
         self.generator = generator
 
+    @property
+    def groups(self) -> int:
+        """G in the `G x R x obs` particle layout: E for TS1/TSinf, else 1."""
+        return self.model.num_models if self.prop_type.startswith("TS") else 1
+
+    def start(self, obs: Tensor, candidates: int) -> Tensor:
+        """Every particle of `candidates` candidates at `obs` (obs_dim), in the layout of `advance`.
+
+        The layout is `G x R x obs`. TS1/TSinf: G = E, one group per member, row `p k + i` of
+        group g holding candidate p's particle `g k + i` (k = N / E), so TSinf's particles stay
+        with their member for the whole trajectory without any reshuffling. E, DS, MM: G = 1,
+        row `p N + j` holding candidate p's particle j.
+        """
+        g = self.groups
+        return obs.expand(g, candidates * self.num_particles // g, obs.shape[-1])
+
+    def actions(self, actions: Tensor) -> Tensor:
+        """The candidates' actions for each of their particles, in the layout of `start`.
+
+        Args:
+            actions: P x act (one step) or P x H x act (a whole plan).
+
+        Returns:
+            G x R x act, or H x G x R x act.
+        """
+        g = self.groups
+        x = actions.movedim(0, -2)  # ... x P x act
+        *lead, p, a = x.shape
+        k = self.num_particles // g
+        return x[..., None, :, None, :].expand(*lead, g, p, k, a).reshape(*lead, g, p * k, a)
+
+    def candidate_mean(self, values: Tensor) -> Tensor:
+        """The mean over each candidate's particles of per-particle values (G x R -> P)."""
+        g = values.shape[0]
+        return values.view(g, -1, self.num_particles // g).mean(dim=(0, 2))
+
+    def to_layout(self, states: Tensor) -> Tensor:
+        """P x N x obs (candidate, particle) -> the `G x R x obs` layout."""
+        p, n, d = states.shape
+        g = self.groups
+        return states.view(p, g, n // g, d).transpose(0, 1).reshape(g, -1, d)
+
+    def from_layout(self, states: Tensor) -> Tensor:
+        """The `G x R x obs` layout -> P x N x obs."""
+        g, r, d = states.shape
+        k = self.num_particles // g
+        return states.view(g, r // k, k, d).transpose(0, 1).reshape(r // k, g * k, d)
+
     def _noise(self, like: Tensor) -> Tensor:
         return torch.randn(like.shape, generator=self.generator).to(like)
 
     def _sample(self, mean: Tensor, std: Tensor | None) -> Tensor:
         if std is None or not self.use_variance:
             return mean
-        return mean + self._noise(mean) * std
+        return mean.addcmul_(self._noise(mean), std)
 
     def step(self, states: Tensor, actions: Tensor) -> Tensor:
         """Next states of every particle.
@@ -216,43 +266,40 @@ class Propagator:
         Returns:
             P x N x obs.
         """
-        p, n, d = states.shape
-        acts = actions.unsqueeze(1).expand(p, n, actions.shape[-1])
-        if self.prop_type.startswith("TS"):
-            return self._trajectory_sampling(states, acts)
-        means, stds = self.net(states.reshape(p * n, d), acts.reshape(p * n, -1))
+        return self.from_layout(self.advance(self.to_layout(states), self.actions(actions)))
+
+    def advance(self, states: Tensor, actions: Tensor) -> Tensor:
+        """`step` in the particle layout (`start`): G x R x obs states and G x R x act
+        actions -> G x R x obs next states. One ensemble call."""
+        if self.prop_type == "TSinf":
+            return self._sample(*self.net(states, actions))
+        if self.prop_type == "TS1":
+            return self._ts1(states, actions)
+        g, r, d = states.shape
+        means, stds = self.net(states[0], actions[0])
         mean = means.mean(dim=0)
         if self.prop_type == "E":
-            return mean.view(p, n, d)
+            return mean.unsqueeze(0)
         # DS, MM: the members' outputs as one Gaussian: mean(var) + var(means).
         std = None
         if stds is not None and self.use_variance:
             std = (stds.square().mean(dim=0) + means.var(dim=0, correction=0)).sqrt()
-        sampled = self._sample(mean, std).view(p, n, d)
+        sampled = self._sample(mean, std)
         if self.prop_type == "DS":
-            return sampled
+            return sampled.unsqueeze(0)
         # MM: one Gaussian per candidate, refitted to its particles, then resampled.
+        sampled = sampled.view(r // self.num_particles, self.num_particles, d)
         fit_mean = sampled.mean(dim=1, keepdim=True)
         fit_var = sampled.var(dim=1, correction=0, keepdim=True)
-        return fit_mean + self._noise(sampled) * fit_var.sqrt()
+        return (fit_mean + self._noise(sampled) * fit_var.sqrt()).view(1, r, d)
 
-    def _trajectory_sampling(self, states: Tensor, acts: Tensor) -> Tensor:
-        """TS1/TSinf: slot j of a candidate goes to member `j // (N / E)`; TS1 permutes the
-        particles among the slots every step, TSinf keeps particle j in slot j."""
+    def _ts1(self, states: Tensor, actions: Tensor) -> Tensor:
+        """TS1: a random permutation of each candidate's particles among the member slots of
+        the layout every step; each particle goes back to its own slot afterwards."""
+        states = self.from_layout(states)
         p, n, d = states.shape
-        e = self.model.num_models
-        k = n // e
-        perm = None
-        if self.prop_type == "TS1":
-            perm = torch.argsort(torch.rand(p, n, generator=self.generator), dim=1)
-            perm = perm.to(states.device)
-            states = states.gather(1, perm.unsqueeze(-1).expand(p, n, d))
-
-        def to_members(x: Tensor) -> Tensor:  # P x N x D -> E x (P k) x D
-            return x.reshape(p, e, k, x.shape[-1]).transpose(0, 1).reshape(e, p * k, -1)
-
-        out = self._sample(*self.net(to_members(states), to_members(acts)))
-        out = out.reshape(e, p, k, d).transpose(0, 1).reshape(p, n, d)
-        if perm is None:
-            return out
-        return torch.empty_like(out).scatter_(1, perm.unsqueeze(-1).expand(p, n, d), out)
+        perm = torch.argsort(torch.rand(p, n, generator=self.generator), dim=1)
+        index = perm.to(states.device).unsqueeze(-1).expand(p, n, d)
+        moved = self.to_layout(states.gather(1, index))
+        out = self.from_layout(self._sample(*self.net(moved, actions)))
+        return self.to_layout(torch.empty_like(out).scatter_(1, index, out))
