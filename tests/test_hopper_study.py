@@ -1,0 +1,91 @@
+"""config/hopper.yaml's DAG, run for real at tiny sizes: the same ensembles, modes and rules
+(behaviour run, generated data, ensembles, policies, scores, figures) on its first dataset,
+one seed, with every size shrunk so the whole study takes about a minute."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from study_runner import ROOT, copy_workflow, scheduled, snakemake
+
+from ombrl.config import read_yaml
+
+pytestmark = pytest.mark.slow
+
+#: Size keys wherever they appear in the study, and their tiny values.
+TINY = {
+    "seeds": [0],
+    "env_steps": 600,
+    "warmup": 200,
+    "snapshot_every": 200,
+    "eval_episodes": 1,
+    "transitions": 300,
+    "hidden_size": [16, 16],
+    "batch_size": 32,
+    "fit_epochs": 2,
+    "steps": 60,
+    "rollout_batch": 100,
+    "rollout_every": 30,
+    "iterations": 2,
+    "paths": 4,
+    "horizon": 10,
+    "eval_every": 1,
+    "every": 30,
+    "episodes": 1,
+}
+
+
+def shrink(node):
+    """`node` with every size key of TINY set to its tiny value, at any depth."""
+    if isinstance(node, dict):
+        return {k: TINY[k] if k in TINY else shrink(v) for k, v in node.items()}
+    return node
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, dict]:
+    study = shrink(read_yaml(ROOT / "config" / "hopper.yaml"))
+    first = next(iter(study["datasets"]))
+    study["datasets"] = {first: study["datasets"][first]}
+    study["overrides"] = {d: v for d, v in study.get("overrides", {}).items() if d == first}
+    spec = study["datasets"][first]
+    spec["medium_return"] = 1.0  # any trained snapshot is the tiny run's medium
+    spec["behaviour"] |= {k: TINY[k] for k in ("warmup", "batch_size", "hidden_size")}
+    workdir = copy_workflow(tmp_path_factory.mktemp("hopper"))
+    (workdir / "study.yaml").write_text(yaml.safe_dump(study))
+    result = snakemake(workdir, "--cores", "2", "--configfile", "study.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir, study
+
+
+def test_the_tiny_hopper_study_scores_every_entry_from_one_behaviour_run(tiny):
+    workdir, study = tiny
+    scores = pd.read_csv(workdir / "results" / "scores.csv")
+    expected = {
+        (d, m, s) for d in study["datasets"] for m in study["modes"] for s in study["seeds"]
+    }
+    assert set(zip(scores["dataset"], scores["mode"], scores["seed"], strict=True)) == expected
+    assert scores["normalized_score"].notna().all()
+    assert [p.name for p in (workdir / "resources" / "behaviour").iterdir()] == ["Hopper-v5-seed0"]
+    for figure in ("avg_return", "final_scores", "performance_profile"):
+        assert (workdir / "results" / "figures" / f"{figure}.pdf").stat().st_size > 0
+    rerun = snakemake(workdir, "--dry-run", "--configfile", "study.yaml")
+    assert rerun.returncode == 0 and scheduled(rerun) == {}
+
+
+def test_the_real_study_plans_the_same_rules(tiny):
+    workdir, _ = tiny
+    (workdir / "hopper.yaml").write_text((ROOT / "config" / "hopper.yaml").read_text())
+    counts = {}
+    for config in ("study.yaml", "hopper.yaml"):
+        plan = snakemake(workdir, "-n", "--quiet", "rules", "--forceall", "--configfile", config)
+        assert plan.returncode == 0, plan.stderr[-2000:]
+        counts[config] = scheduled(plan)
+    real = read_yaml(workdir / "hopper.yaml")
+    seeds, datasets = len(real["seeds"]), len(real["datasets"])
+    scale = {"train_policy": seeds * datasets, "train_ensemble": seeds * datasets}
+    scale |= {"generate_dataset": datasets, "figure_ensemble_loss": datasets}
+    assert counts["study.yaml"].keys() == counts["hopper.yaml"].keys() >= scale.keys()
+    for rule, count in counts["study.yaml"].items():
+        assert counts["hopper.yaml"][rule] == count * scale.get(rule, 1), rule
