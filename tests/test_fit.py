@@ -35,6 +35,8 @@ BASE_CFG = FitConfig(
     patience=0,
     scheduler_gamma=None,
     bootstrap=False,
+    batch_order="shared",
+    snapshot="mse",
     num_elites=2,
     normalization="std",
     grad_clip=None,
@@ -248,10 +250,10 @@ def test_bootstrap_indices_differ_per_member():
     assert base.shape == (5, 400) and 0 <= base.min() and base.max() < 400
     assert all(not torch.equal(base[0], base[m]) for m in range(1, 5))
     assert all(len(torch.unique(row)) < 400 for row in base)  # drawn with replacement
-    order = epoch_order(base, 400, g)
+    order = epoch_order(base, 5, 400, True, g)
     assert torch.equal(order.sort(dim=1).values, base.sort(dim=1).values)
     assert not torch.equal(order, base)
-    shared = epoch_order(None, 400, g)
+    shared = epoch_order(None, 5, 400, False, g)
     assert shared.shape == (1, 400) and torch.equal(shared.sort().values[0], torch.arange(400))
 
 
@@ -385,8 +387,9 @@ def test_costly_metrics_only_with_track_training_and_no_extra_pass_without():
 
     # 800 training rows in batches of 64, 200 holdout rows in one evaluation chunk.
     (plain_rows, plain, plain_state), (tracked_rows, tracked, tracked_state) = runs.values()
-    assert plain_rows == 3 * ([64] * 12 + [32] + [200])  # training batches + holdout, nothing else
-    assert tracked_rows == 3 * ([64] * 12 + [32] + [200, 800])  # + one pass over the train split
+    # Training batches + holdout each epoch, and one holdout pass of the kept model at the end.
+    assert plain_rows == 3 * ([64] * 12 + [32] + [200]) + [200]
+    assert tracked_rows == 3 * ([64] * 12 + [32] + [200, 800]) + [200]  # + the train split
     # The extra pass observes: weights and every shared metric are the same.
     assert all(torch.equal(plain_state[k], tracked_state[k]) for k in plain_state)
     for row, tracked_row in zip(plain, tracked, strict=True):

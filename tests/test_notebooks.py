@@ -54,6 +54,8 @@ def write_metrics(path: Path, probabilistic: bool) -> None:
         patience=0,
         scheduler_gamma=None,
         bootstrap=True,
+        batch_order="per_member",
+        snapshot="mse",
         num_elites=2,
         normalization="std",
         grad_clip=None,
