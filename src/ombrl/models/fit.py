@@ -428,7 +428,7 @@ class _FitState:
         self.best_epoch = torch.where(improved, self.epoch, self.best_epoch)
         self.stale = torch.where(improved, 0, self.stale + 1)
         with torch.no_grad():
-            for snapshot, p in zip(self.best_params, self.params, strict=True):
+            for snapshot, p in zip(self.best_params, self.params, strict=False):  # last: none
                 snapshot[improved] = p[improved]
         self.history.append(metrics)
 
