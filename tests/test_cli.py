@@ -260,6 +260,13 @@ def test_track_training_adds_costly_metrics_to_csv_and_mlflow(dataset, tmp_path,
     assert result.returncode == 0, result.stderr
     csv = pd.read_csv(tmp_path / "log.csv")
     pd.testing.assert_frame_equal(csv, pd.read_csv(tmp_path / "e/metrics.csv"))
+    # model.json holds the kept snapshot's holdout metrics: each member's are its kept epoch's.
+    meta = json.loads((tmp_path / "e/model.json").read_text())["meta"]
+    for m, epoch in enumerate(meta["best_epoch"]):
+        for name in ("mse", "nll", "z2", "within_1sigma"):
+            column = f"holdout_{name}_m{m}"
+            assert meta["holdout"][column] == pytest.approx(csv[column][epoch - 1], rel=1e-5)
+    assert 0 < meta["holdout"]["holdout_within_1sigma_ensemble"] < 1
     client = MlflowClient(tracking_uri=tracking_store)
     experiment = client.get_experiment_by_name("ensembles")
     (run,) = client.search_runs(

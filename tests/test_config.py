@@ -107,6 +107,16 @@ def test_ensemble_config_layers_and_wrong_types(tmp_path):
         load_ensemble_config(tmp_path / "absent.yaml", {})
 
 
+def test_nll_snapshot_of_a_deterministic_ensemble_is_refused_when_the_config_loads():
+    dnn = ROOT / "config/ensembles/dnn.yaml"
+    with pytest.raises(OmbrlError, match=r"snapshot: 'nll' needs probabilistic: true") as err:
+        load_ensemble_config(dnn, {"snapshot": "nll"})
+    assert "\n" not in str(err.value) and "dnn.yaml" in str(err.value)
+    assert load_ensemble_config(dnn, {"snapshot": "last"})["snapshot"] == "last"
+    pnn = load_ensemble_config(ROOT / "config/ensembles/pnn.yaml", {"snapshot": "nll"})
+    assert pnn["snapshot"] == "nll"
+
+
 def test_every_shipped_ensemble_config_is_valid():
     for path in sorted((ROOT / "config" / "ensembles").glob("*.yaml")):
         raw = yaml.safe_load(path.read_text())

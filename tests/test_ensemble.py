@@ -154,7 +154,22 @@ def test_ensemble_linear_init_and_batched_matmul():
         torch.testing.assert_close(layer(x), expected)
 
 
+def test_torch_init_is_nn_linears_uniform():
+    """`init: torch` draws what upstream's nn.Linear members started from: weights and biases
+    uniform in +-1/sqrt(in) (std bound / sqrt(3)), biases not zero."""
+    torch.manual_seed(0)
+    layer = EnsembleLinear(3, 400, 50, init="torch")
+    bound = 1 / 400**0.5
+    for tensor in (layer.weight, layer.bias):
+        assert tensor.abs().max() <= bound and tensor.abs().max() > 0.95 * bound
+    assert abs(layer.weight.std().item() - bound / 3**0.5) < 0.02 * bound
+    model = DynamicsEnsemble(OBS, ACT, [8], E, True, "swish", False, init="torch")
+    assert all(layer.bias.abs().min() > 0 for layer in [*model.hidden, model.head])
+
+
 def test_bad_arguments_raise_ombrl_error():
+    with pytest.raises(OmbrlError, match="init: 'xavier'"):
+        DynamicsEnsemble(OBS, ACT, [8], E, False, "relu", False, init="xavier")
     with pytest.raises(OmbrlError, match="activation"):
         DynamicsEnsemble(OBS, ACT, [8], E, False, "tanh", False)
     with pytest.raises(OmbrlError, match="num_models"):

@@ -35,6 +35,8 @@ BASE_CFG = FitConfig(
     patience=0,
     scheduler_gamma=None,
     bootstrap=False,
+    batch_order="shared",
+    snapshot="mse",
     num_elites=2,
     normalization="std",
     grad_clip=None,
@@ -248,25 +250,113 @@ def test_bootstrap_indices_differ_per_member():
     assert base.shape == (5, 400) and 0 <= base.min() and base.max() < 400
     assert all(not torch.equal(base[0], base[m]) for m in range(1, 5))
     assert all(len(torch.unique(row)) < 400 for row in base)  # drawn with replacement
-    order = epoch_order(base, 400, g)
+    order = epoch_order(base, 5, 400, True, g)
     assert torch.equal(order.sort(dim=1).values, base.sort(dim=1).values)
     assert not torch.equal(order, base)
-    shared = epoch_order(None, 400, g)
+    shared = epoch_order(None, 5, 400, False, g)
     assert shared.shape == (1, 400) and torch.equal(shared.sort().values[0], torch.arange(400))
 
 
-@pytest.mark.parametrize("bootstrap", [False, True])
-def test_identical_members_stay_identical_only_with_shared_batches(bootstrap):
+def test_per_member_order_gives_each_member_other_batches_of_the_same_data():
+    g = torch.Generator().manual_seed(0)
+    order = epoch_order(None, 4, 300, True, g)
+    assert order.shape == (4, 300)
+    for m in range(4):  # every member sees every row once per epoch ...
+        assert torch.equal(order[m].sort().values, torch.arange(300))
+    first = [set(order[m, :32].tolist()) for m in range(4)]  # ... in minibatches of its own
+    assert all(first[0] != first[m] for m in range(1, 4))
+    assert not torch.equal(order, epoch_order(None, 4, 300, True, g))  # a new order each epoch
+    # Bootstrap with a shared order: one permutation of the positions for every member's rows.
+    base = torch.arange(4 * 300).reshape(4, 300)  # distinct rows: position = value % 300
+    shared = epoch_order(base, 4, 300, False, g)
+    assert torch.equal(shared % 300, (shared[0] % 300).expand(4, -1))
+    assert torch.equal(shared.sort(dim=1).values, base)
+
+
+@pytest.mark.parametrize(
+    ("bootstrap", "batch_order"),
+    [(False, "shared"), (False, "per_member"), (True, "shared"), (True, "per_member")],
+)
+def test_identical_members_stay_identical_only_with_shared_batches(bootstrap, batch_order):
     obs, act, next_obs, _ = linear_system(6, 500)
     model = make_model(members=3, hidden=[32])
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(p[:1].clone().expand_as(p))
-    cfg = dataclasses.replace(BASE_CFG, fit_epochs=3, bootstrap=bootstrap)
+    cfg = dataclasses.replace(BASE_CFG, fit_epochs=3, bootstrap=bootstrap, batch_order=batch_order)
     fit_ensemble(model, make_dataset(obs, act, next_obs), cfg, 0, CPU, progress=False)
     weight = model.head.weight
     same = torch.allclose(weight[0], weight[1], atol=1e-6)
-    assert same != bootstrap
+    assert same == (not bootstrap and batch_order == "shared")
+
+
+def noise_system(seed: int, n: int):
+    """s' = s + noise whose std grows with |s0| (0.05 to ~3): the mean (s' - s = 0) is learned
+    in the first epoch, the variance takes many more."""
+    rng = np.random.default_rng(seed)
+    obs, act = rng.normal(size=(n, 3)), rng.uniform(-1, 1, size=(n, 2))
+    std = 0.05 + np.abs(obs[:, :1]) * np.ones((1, 3))
+    return obs, act, obs + std * rng.normal(size=(n, 3))
+
+
+@pytest.mark.slow
+def test_nll_snapshot_is_calibrated_where_the_mse_snapshot_is_not():
+    obs, act, next_obs = noise_system(1, 1500)
+    data = make_dataset(obs, act, next_obs)
+    t_obs, t_act, t_next = noise_system(11, 4000)
+    noise = np.abs(t_obs[:, 0])
+    runs = {}
+    for snapshot in ("mse", "nll"):
+        model = make_model(probabilistic=True, members=2)
+        cfg = dataclasses.replace(BASE_CFG, fit_epochs=20, snapshot=snapshot)
+        result = fit_ensemble(model, data, cfg, 0, CPU, progress=False)
+        with torch.no_grad():
+            pred = model.predict(torch.tensor(t_obs), torch.tensor(t_act))
+        z2 = (pred.next_obs_mean.numpy() - t_next) ** 2 / pred.next_obs_var.numpy()
+        low, high = z2[:, noise < 0.3].mean(), z2[:, noise > 1].mean()
+        runs[snapshot] = (result, low, high)
+    (mse, mse_low, mse_high), (nll, nll_low, nll_high) = runs.values()
+    # The snapshot choice changes what is kept, not how the members train.
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in mse.history] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in nll.history
+    ]
+    # MSE stops improving by 1% after the first epochs: its members keep a variance head that
+    # has hardly trained, off by a factor of 3 or more on low- and high-noise states alike.
+    assert max(mse.best_epoch) <= 3 and min(nll.best_epoch) >= 8
+    assert all(abs(mse.holdout[f"holdout_z2_m{m}"] - 1) > 0.15 for m in range(2))
+    assert mse_low < 0.3 and mse_high > 2
+    # NLL keeps training the variance: calibrated on the holdout and on fresh data, per noise level.
+    for name in ("holdout_z2", "holdout_z2_m0", "holdout_z2_m1", "holdout_z2_ensemble"):
+        assert abs(nll.holdout[name] - 1) < 0.1, name
+    assert abs(nll.holdout["holdout_within_1sigma"] - 0.683) < 0.05
+    assert 0.5 < nll_low < 1.5 and 0.7 < nll_high < 1.5
+    assert nll.holdout["holdout_nll"] < mse.holdout["holdout_nll"] - 0.3
+
+
+def test_last_snapshot_keeps_the_final_weights_exactly():
+    rng = np.random.default_rng(5)
+    obs, act = rng.normal(size=(400, 3)), rng.normal(size=(400, 2))
+    data = make_dataset(obs, act, obs + rng.normal(size=(400, 3)))  # noise: MSE soon stalls
+    kept = {}
+    for snapshot in ("last", "mse"):
+        model = make_model(members=2, hidden=[32])
+        final: dict = {}
+
+        def remember(_row: dict, model=model, final=final) -> None:
+            final.update({k: v.clone() for k, v in model.state_dict().items()})
+
+        cfg = dataclasses.replace(BASE_CFG, fit_epochs=6, snapshot=snapshot)
+        result = fit_ensemble(model, data, cfg, 0, CPU, on_epoch=remember, progress=False)
+        kept[snapshot] = [torch.equal(v, final[k]) for k, v in model.state_dict().items()]
+        if snapshot == "last":
+            assert result.best_epoch == [6, 6]
+            last_row = result.history[-1]
+            assert all(
+                result.holdout[f"holdout_mse_m{m}"] == last_row[f"holdout_mse_m{m}"]
+                for m in range(2)
+            )
+    assert all(kept["last"])
+    assert not all(kept["mse"])  # the mse choice restored an earlier epoch here
 
 
 def test_same_seed_same_result_and_different_seed_differs():
@@ -346,6 +436,8 @@ def test_clip_grad_norm_per_member_leaves_small_gradients_alone():
         ({"num_elites": 4}, "num_elites"),
         ({"holdout_ratio": 1.0}, "holdout_ratio"),
         ({"normalization": "minmax"}, "normalization"),
+        ({"snapshot": "nll"}, "snapshot: 'nll' needs a probabilistic ensemble"),
+        ({"batch_order": "random"}, "batch_order"),
     ],
 )
 def test_bad_config_raises_ombrl_error(change, match):
@@ -385,8 +477,9 @@ def test_costly_metrics_only_with_track_training_and_no_extra_pass_without():
 
     # 800 training rows in batches of 64, 200 holdout rows in one evaluation chunk.
     (plain_rows, plain, plain_state), (tracked_rows, tracked, tracked_state) = runs.values()
-    assert plain_rows == 3 * ([64] * 12 + [32] + [200])  # training batches + holdout, nothing else
-    assert tracked_rows == 3 * ([64] * 12 + [32] + [200, 800])  # + one pass over the train split
+    # Training batches + holdout each epoch, and one holdout pass of the kept model at the end.
+    assert plain_rows == 3 * ([64] * 12 + [32] + [200]) + [200]
+    assert tracked_rows == 3 * ([64] * 12 + [32] + [200, 800]) + [200]  # + the train split
     # The extra pass observes: weights and every shared metric are the same.
     assert all(torch.equal(plain_state[k], tracked_state[k]) for k in plain_state)
     for row, tracked_row in zip(plain, tracked, strict=True):

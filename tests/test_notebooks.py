@@ -13,7 +13,7 @@ import torch
 from study_runner import papermill
 
 from ombrl.data.dataset import Dataset
-from ombrl.models.ensemble import DynamicsEnsemble
+from ombrl.models.ensemble import DynamicsEnsemble, save_ensemble
 from ombrl.models.fit import FitConfig, fit_ensemble
 from ombrl.tracking import CsvLog
 
@@ -40,8 +40,9 @@ def toy_dataset(n: int = 300) -> Dataset:
     )
 
 
-def write_metrics(path: Path, probabilistic: bool) -> None:
-    """Train a tiny ensemble for a few epochs; write its history as train-ensemble does."""
+def write_run(folder: Path, probabilistic: bool, snapshot: str) -> Path:
+    """Train a tiny ensemble for a few epochs; write its metrics.csv and model.json as
+    train-ensemble does."""
     torch.manual_seed(0)
     model = DynamicsEnsemble(3, 1, [16, 16], MEMBERS, probabilistic, "swish", False)
     cfg = FitConfig(
@@ -54,13 +55,15 @@ def write_metrics(path: Path, probabilistic: bool) -> None:
         patience=0,
         scheduler_gamma=None,
         bootstrap=True,
+        batch_order="per_member",
+        snapshot=snapshot,
         num_elites=2,
         normalization="std",
         grad_clip=None,
         compile=False,
     )
     log = CsvLog()
-    fit_ensemble(
+    result = fit_ensemble(
         model,
         toy_dataset(),
         cfg,
@@ -69,44 +72,53 @@ def write_metrics(path: Path, probabilistic: bool) -> None:
         on_epoch=log.log,
         progress=False,
     )
-    log.write(path)
+    meta = {"config": {"snapshot": snapshot}, "best_epoch": result.best_epoch}
+    save_ensemble(model, folder, {**meta, "holdout": result.holdout})
+    log.write(folder / "metrics.csv")
+    return folder
 
 
 @pytest.fixture(scope="module")
-def metrics(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("metrics")
-    paths = [folder / "dnn.csv", folder / "pnn.csv"]
-    for path, probabilistic in zip(paths, (False, True), strict=True):
-        write_metrics(path, probabilistic)
-    return paths
+def runs(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("runs")
+    return [write_run(folder / "dnn", False, "mse"), write_run(folder / "pnn", True, "nll")]
 
 
-def run_notebook(folder: Path, csvs: list[Path], labels: list[str]) -> subprocess.CompletedProcess:
+def run_notebook(
+    folder: Path, csvs: list[Path], jsons: list[Path], labels: list[str]
+) -> subprocess.CompletedProcess:
     parameters = {
         "metrics_csvs": [str(p) for p in csvs],
+        "model_jsons": [str(p) for p in jsons],
         "labels": labels,
         "output_pdf": str(folder / "figure/ensemble_loss.pdf"),
     }
     return papermill("ensemble_loss", folder, parameters)
 
 
-def test_notebook_plots_each_ensemble(tmp_path, metrics):
-    done = run_notebook(tmp_path, metrics, ["dnn", "pnn"])
+def test_notebook_plots_each_ensemble_with_its_kept_calibration(tmp_path, runs):
+    csvs, jsons = [r / "metrics.csv" for r in runs], [r / "model.json" for r in runs]
+    done = run_notebook(tmp_path, csvs, jsons, ["dnn", "pnn"])
     assert done.returncode == 0, done.stderr[-3000:]
     pdf = tmp_path / "figure/ensemble_loss.pdf"
     assert pdf.read_bytes().startswith(b"%PDF")
     executed = json.loads((tmp_path / "ensemble_loss.ipynb").read_text())
-    summary = executed["cells"][-1]["outputs"][0]["data"]["text/plain"]
-    # The summary table lists both ensembles with the 6 epochs each one trained.
-    assert "dnn" in "".join(summary) and "pnn" in "".join(summary)
-    table = pd.read_csv(metrics[1])
-    assert len(table) == 6 and f"holdout_mse_m{MEMBERS - 1}" in table.columns
+    summary = "".join(executed["cells"][-1]["outputs"][0]["data"]["text/plain"])
+    # The summary table lists both ensembles, with the kept snapshot's calibration.
+    assert "dnn" in summary and "pnn" in summary and "kept holdout_z2" in summary
+    z2 = json.loads(jsons[1].read_text())["meta"]["holdout"]["holdout_z2"]
+    assert f"{z2:.6f}"[:5] in summary
+    table = pd.read_csv(csvs[1])
+    assert len(table) == 6 and f"holdout_nll_m{MEMBERS - 1}" in table.columns
 
 
-def test_missing_member_column_fails_with_its_name(tmp_path, metrics):
+def test_missing_member_column_fails_with_its_name(tmp_path, runs):
     broken = tmp_path / "broken.csv"
-    pd.read_csv(metrics[0]).drop(columns=["holdout_mse_m1"]).to_csv(broken, index=False)
-    done = run_notebook(tmp_path, [metrics[1], broken], ["pnn", "dnn"])
+    pd.read_csv(runs[0] / "metrics.csv").drop(columns=["holdout_mse_m1"]).to_csv(
+        broken, index=False
+    )
+    jsons = [r / "model.json" for r in reversed(runs)]
+    done = run_notebook(tmp_path, [runs[1] / "metrics.csv", broken], jsons, ["pnn", "dnn"])
     assert done.returncode != 0
     assert f"{broken}: column(s) ['holdout_mse_m1'] missing" in done.stderr + done.stdout
     assert not (tmp_path / "figure/ensemble_loss.pdf").exists()

@@ -238,6 +238,11 @@ def load_ensemble_config(path: Path | None, overrides: dict, source: str = "--pa
             f"{where}: num_elites: {cfg['num_elites']} is more than num_models "
             f"({cfg['num_models']})"
         )
+    if cfg["snapshot"] == "nll" and not cfg["probabilistic"]:
+        raise OmbrlError(
+            f"{where}: snapshot: 'nll' needs probabilistic: true (a deterministic ensemble has "
+            "no NLL); use mse or last"
+        )
     check_model_memory(cfg["hidden_size"], cfg["num_models"], f"{where}: hidden_size")
     return cfg
 

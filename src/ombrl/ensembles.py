@@ -89,6 +89,7 @@ def run(job: EnsembleJob) -> None:
         cfg["probabilistic"],
         cfg["activation"],
         cfg["predict_reward"],
+        init=cfg["init"],
     ).to(device)
     checkpoint = job_checkpointer(
         job.checkpoint_dir,
@@ -140,6 +141,8 @@ def run(job: EnsembleJob) -> None:
         "dataset_checksum": dataset.checksum,
         "code_version": code_version(),
         "best_epoch": result.best_epoch,
+        # The kept snapshot's holdout metrics (calibration included), named as in metrics.csv.
+        "holdout": result.holdout,
     }
     with staged_directory(job.output) as out:
         save_ensemble(model, out, meta)

@@ -152,23 +152,30 @@ def ensembles_on(dataset):
 
 
 def ensemble_runs(dataset):
-    """(label, metrics.csv) of every ensemble and seed fitted on one dataset."""
+    """(label, output folder) of every ensemble and seed fitted on one dataset."""
     return [
-        (f"{e} seed{s}", f"{ensemble_dir(dataset, e, s)}/metrics.csv")
+        (f"{e} seed{s}", ensemble_dir(dataset, e, s))
         for e in ensembles_on(dataset)
         for s in SEEDS
     ]
 
 
-def ensemble_metrics_files(w):
-    return [path for _, path in ensemble_runs(w.dataset)]
+def ensemble_figure_files(w):
+    """The figure's inputs: every run's metrics.csv and model.json (its kept snapshot)."""
+    runs = ensemble_runs(w.dataset)
+    return {
+        "metrics": [f"{folder}/metrics.csv" for _, folder in runs],
+        "meta": [f"{folder}/model.json" for _, folder in runs],
+    }
 
 
 def ensemble_loss_params(w, output):
     """The notebook's parameters as one shell-quoted YAML (JSON) word for papermill -y."""
     runs = ensemble_runs(w.dataset)
+    files = ensemble_figure_files(w)
     parameters = {
-        "metrics_csvs": [path for _, path in runs],
+        "metrics_csvs": files["metrics"],
+        "model_jsons": files["meta"],
         "labels": [label for label, _ in runs],
         "output_pdf": output.figure,
     }

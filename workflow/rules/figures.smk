@@ -23,7 +23,7 @@ rule figure_avg_return:
 
 rule figure_ensemble_loss:
     input:
-        metrics=ensemble_metrics_files,
+        unpack(ensemble_figure_files),
         notebook="notebooks/ensemble_loss.ipynb",
     output:
         figure=report(

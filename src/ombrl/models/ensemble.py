@@ -35,37 +35,54 @@ ARCHITECTURE_KEYS = (
 )
 # Weight of the soft-bound regulariser `0.01 * (sum max - sum min)` (PETS).
 LOGVAR_BOUND_COEF = 0.01
+# Initial-weight schemes of `EnsembleLinear` (the ensemble config's `init`).
+INITS = ("pets", "torch")
 
 
 class EnsembleLinear(nn.Module):
     """E independent linear layers computed with one batched matmul.
 
-    Initialisation follows PETS (handful-of-trials): weights from a normal with std
-    `1 / (2 sqrt(in))` truncated at two standard deviations, biases zero. It keeps the
-    pre-activations of a deep swish/relu stack at a similar scale per layer, and matches the
-    upstream probabilistic ensembles whose hyperparameters this project reuses.
+    Two initialisations (`init`):
+    - "pets" (handful-of-trials): weights from a normal with std `1 / (2 sqrt(in))` truncated
+      at two standard deviations, biases zero. It keeps the pre-activations of a deep
+      swish/relu stack at a similar scale per layer.
+    - "torch": what each upstream dynamics-ensembles-rl member got from `nn.Linear`, weights
+      and biases uniform in `+-1 / sqrt(in)` (kaiming-uniform with a = sqrt(5)).
 
     Args:
         num_models: E, the number of members.
         in_features: input width.
         out_features: output width.
+        init: "pets" or "torch".
     """
 
-    def __init__(self, num_models: int, in_features: int, out_features: int) -> None:
+    def __init__(
+        self, num_models: int, in_features: int, out_features: int, init: str = "pets"
+    ) -> None:
         super().__init__()
+        if init not in INITS:
+            raise OmbrlError(f"init: {init!r} is not one of {list(INITS)}")
         self.num_models = num_models
         self.in_features = in_features
         self.out_features = out_features
+        self.init = init
         self.weight = nn.Parameter(torch.empty(num_models, in_features, out_features))
         self.bias = nn.Parameter(torch.empty(num_models, 1, out_features))
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Draw fresh weights (from `generator`, or torch's global RNG when None)."""
-        std = 1.0 / (2.0 * math.sqrt(self.in_features))
         with torch.no_grad():
-            nn.init.trunc_normal_(self.weight, std=std, a=-2 * std, b=2 * std, generator=generator)
-            self.bias.zero_()
+            if self.init == "pets":
+                std = 1.0 / (2.0 * math.sqrt(self.in_features))
+                nn.init.trunc_normal_(
+                    self.weight, std=std, a=-2 * std, b=2 * std, generator=generator
+                )
+                self.bias.zero_()
+            else:
+                bound = 1.0 / math.sqrt(self.in_features)
+                self.weight.uniform_(-bound, bound, generator=generator)
+                self.bias.uniform_(-bound, bound, generator=generator)
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply member m's layer to x[m].
@@ -103,6 +120,8 @@ class DynamicsEnsemble(nn.Module):
     """An ensemble of MLPs predicting the normalised delta `s' - s` (and the reward).
 
     Weights are drawn from torch's global RNG: seed it (the job's seed) before construction.
+    `init` only chooses how (see `EnsembleLinear`); it is not part of `architecture`, since a
+    saved model's weights replace the initial ones.
 
     Args:
         obs_dim: observation size.
@@ -112,6 +131,7 @@ class DynamicsEnsemble(nn.Module):
         probabilistic: predict a Gaussian (mean and log-variance) instead of a point.
         activation: "swish" or "relu".
         predict_reward: add the reward as the last target dimension.
+        init: initial weights, "pets" or "torch" (the ensemble config's `init`).
     """
 
     def __init__(
@@ -123,6 +143,7 @@ class DynamicsEnsemble(nn.Module):
         probabilistic: bool,
         activation: str,
         predict_reward: bool,
+        init: str = "pets",
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -147,11 +168,12 @@ class DynamicsEnsemble(nn.Module):
 
         widths = [self.in_dim, *self.hidden_size]
         self.hidden = nn.ModuleList(
-            EnsembleLinear(num_models, i, o) for i, o in zip(widths[:-1], widths[1:], strict=True)
+            EnsembleLinear(num_models, i, o, init)
+            for i, o in zip(widths[:-1], widths[1:], strict=True)
         )
         self.act = ACTIVATIONS[activation]()
         head_out = 2 * self.out_dim if probabilistic else self.out_dim
-        self.head = EnsembleLinear(num_models, widths[-1], head_out)
+        self.head = EnsembleLinear(num_models, widths[-1], head_out, init)
         if probabilistic:
             # One pair of bounds per member, so no parameter couples members.
             self.max_logvar = nn.Parameter(torch.full((num_models, 1, self.out_dim), 0.5))

@@ -2,7 +2,8 @@
 
 All members step together (one batched forward/backward per batch, `train_step`), the data is
 moved to the device once, and each epoch costs the training batches plus one holdout evaluation;
-`track_training` adds one evaluation pass over the training split, nothing else does. Every
+`track_training` adds one evaluation pass over the training split, nothing else does, and the
+kept model is evaluated on the holdout once more at the end. Every
 random choice (holdout split, bootstrap resamples, batch order) comes from one
 `torch.Generator` seeded with `seed`, so the same seed gives the same weights and metrics.
 Everything the epoch loop changes lives in one `_FitState`, which a `Checkpointer` saves every
@@ -36,6 +37,16 @@ from ombrl.models.ensemble import DynamicsEnsemble
 
 # A member's snapshot is replaced only when its holdout MSE improves by more than this fraction.
 IMPROVEMENT_THRESHOLD = 0.01
+# ... or, under `snapshot: nll`, when its holdout NLL falls by more than this (nats per target
+# dimension; NLL can be negative, so no fraction of it works: at a fixed variance a 1% lower
+# squared error lowers the NLL by about 0.01).
+NLL_IMPROVEMENT = 0.01
+# What each member keeps at the end (the ensemble config's `snapshot`): the epoch of its lowest
+# holdout MSE, of its lowest holdout NLL (probabilistic only), or the last epoch's weights.
+SNAPSHOTS = ("mse", "nll", "last")
+# The order members visit the training rows each epoch (`batch_order`): one permutation for all,
+# or each member its own (upstream dynamics-ensembles-rl shuffled each member's data itself).
+BATCH_ORDERS = ("shared", "per_member")
 # Smallest normaliser scale: a constant input or target dimension must not divide by zero.
 MIN_SCALE = 1e-6
 # Rows per holdout forward pass: bounds memory on large datasets.
@@ -56,6 +67,8 @@ class FitConfig:
     patience: int  # stop after this many epochs in which no member improved; 0 = never stop
     scheduler_gamma: float | None  # ExponentialLR factor applied after each epoch; None = off
     bootstrap: bool  # True: each member trains on its own bootstrap resample; False: shared
+    batch_order: str  # "shared" (one permutation per epoch) or "per_member" (one per member)
+    snapshot: str  # what each member keeps: "mse", "nll" (lowest holdout value) or "last"
     num_elites: int  # how many members with the lowest holdout MSE become elites
     normalization: str  # "std" (mean / standard deviation) or "mad" (mean / mean abs. deviation)
     grad_clip: float | None  # max gradient norm per member; None = no clipping
@@ -71,8 +84,11 @@ class FitResult:
     Attributes:
         history: one dict per epoch (see `fit_ensemble`), CSV-ready (flat, scalar values).
         elites: member indices, lowest holdout MSE first.
-        best_epoch: per member, the epoch of the snapshot it was restored to (0: none).
+        best_epoch: per member, the epoch of the snapshot it kept (0: none).
         holdout_mse: per member, the holdout MSE of that snapshot (normalised space).
+        holdout: the kept model's holdout metrics, named as the history's columns
+            (`holdout_mse`, `holdout_nll`, `holdout_z2`, `holdout_within_1sigma`, each with
+            `_m{i}` and `_ensemble`; calibration for probabilistic models only).
         epochs_run: number of epochs trained (< cfg.fit_epochs when stopped early).
         holdout_indices: sorted indices of the held-out transitions in the dataset.
     """
@@ -81,6 +97,7 @@ class FitResult:
     elites: list[int]
     best_epoch: list[int]
     holdout_mse: list[float]
+    holdout: dict[str, float]
     epochs_run: int
     holdout_indices: np.ndarray
 
@@ -154,22 +171,33 @@ def bootstrap_indices(num_models: int, num_train: int, generator: torch.Generato
     return torch.randint(num_train, (num_models, num_train), generator=generator)
 
 
-def epoch_order(base: Tensor | None, num_train: int, generator: torch.Generator) -> Tensor:
+def epoch_order(
+    base: Tensor | None,
+    num_models: int,
+    num_train: int,
+    per_member: bool,
+    generator: torch.Generator,
+) -> Tensor:
     """The order in which members visit training rows this epoch.
 
+    Every member sees all of its rows once per epoch; `per_member` only decides whether the
+    members share the order (and so, without bootstrap, every minibatch).
+
     Args:
-        base: E x N bootstrap indices (each row shuffled independently), or None for shared
-            batches (one permutation of 0..N-1 for every member).
+        base: E x N bootstrap indices, or None: every member trains on rows 0..N-1.
+        num_models: E.
         num_train: N.
+        per_member: each member its own permutation; False: one permutation for all.
         generator: source of randomness.
 
     Returns:
-        E x N (bootstrap) or 1 x N (shared) int64 indices.
+        E x N int64 indices, or 1 x N (shared order without bootstrap: the same for all E).
     """
-    if base is None:
-        return torch.randperm(num_train, generator=generator).unsqueeze(0)
-    order = torch.argsort(torch.rand(base.shape, generator=generator), dim=1)
-    return base.gather(1, order)
+    if per_member:
+        order = torch.argsort(torch.rand(num_models, num_train, generator=generator), dim=1)
+        return order if base is None else base.gather(1, order)
+    perm = torch.randperm(num_train, generator=generator)
+    return perm.unsqueeze(0) if base is None else base[:, perm]
 
 
 def _check_config(cfg: FitConfig, model: DynamicsEnsemble, dataset: Dataset) -> None:
@@ -192,6 +220,13 @@ def _check_config(cfg: FitConfig, model: DynamicsEnsemble, dataset: Dataset) -> 
             f"must be between 1 and num_models ({model.num_models})",
         ),
         (cfg.normalization in ("std", "mad"), "normalization", "is not 'std' or 'mad'"),
+        (cfg.batch_order in BATCH_ORDERS, "batch_order", f"is not one of {list(BATCH_ORDERS)}"),
+        (cfg.snapshot in SNAPSHOTS, "snapshot", f"is not one of {list(SNAPSHOTS)}"),
+        (
+            cfg.snapshot != "nll" or model.probabilistic,
+            "snapshot",
+            "needs a probabilistic ensemble (a deterministic one has no NLL)",
+        ),
         (cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip", "must be > 0 or null"),
     ]
     for ok, key, why in checks:
@@ -272,12 +307,10 @@ def _evaluate(
     return {name: total / count for name, total in sums.items()}
 
 
-def _epoch_metrics(
-    epoch: int, lr: float, seconds: float, splits: dict[str, dict[str, Tensor | None]]
-) -> dict:
+def _flatten(splits: dict[str, dict[str, Tensor | None]]) -> dict[str, float]:
     """Flatten per-member tensors into `{split}_{name}` (mean over members) and
     `{split}_{name}_m{i}` columns; scalars (ensemble metrics) into one column each."""
-    metrics: dict = {"epoch": epoch, "lr": lr, "seconds": seconds}
+    metrics: dict[str, float] = {}
     for split, values in splits.items():
         for name, value in values.items():
             if value is None:
@@ -289,6 +322,13 @@ def _epoch_metrics(
             metrics[f"{split}_{name}"] = float(np.mean(values_list))
             metrics.update({f"{split}_{name}_m{i}": v for i, v in enumerate(values_list)})
     return metrics
+
+
+def _epoch_metrics(
+    epoch: int, lr: float, seconds: float, splits: dict[str, dict[str, Tensor | None]]
+) -> dict:
+    """One history row: the epoch, learning rate and seconds, then `_flatten(splits)`."""
+    return {"epoch": epoch, "lr": lr, "seconds": seconds, **_flatten(splits)}
 
 
 def train_step(
@@ -348,6 +388,10 @@ class _FitState:
     generator that orders batches, each member's best snapshot with its early-stopping
     counters, and the metric rows so far. The holdout split, normalisers and bootstrap
     resamples are not here: they are recomputed from the seed before training starts.
+
+    `snapshot` says what "best" means: the lowest holdout MSE (improved by > 1%), the lowest
+    holdout NLL (improved by > `NLL_IMPROVEMENT`), or, for "last", the holdout MSE for early
+    stopping only, with no snapshot kept (the final weights stay).
     """
 
     def __init__(
@@ -356,29 +400,46 @@ class _FitState:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         generator: torch.Generator,
+        snapshot: str,
     ) -> None:
         self.model, self.optimizer = model, optimizer
         self.scheduler, self.generator = scheduler, generator
+        self.snapshot = snapshot
         self.params = list(model.parameters())
         e, device = model.num_models, self.params[0].device
         self.epoch = 0  # epochs completed
-        self.best_params = [p.detach().clone() for p in self.params]
-        self.best_mse = torch.full((e,), float("inf"), device=device)
+        keeps = snapshot != "last"
+        self.best_params = [p.detach().clone() for p in self.params] if keeps else []
+        self.best_score = torch.full((e,), float("inf"), device=device)
         self.best_epoch = torch.zeros(e, dtype=torch.long, device=device)
         self.stale = torch.zeros(e, dtype=torch.long, device=device)
         self.history: list[dict] = []
 
-    def end_epoch(self, holdout_mse: Tensor, metrics: dict) -> None:
-        """Snapshot each member whose holdout MSE improved by more than 1%; log the row."""
+    def end_epoch(self, holdout: dict[str, Tensor], metrics: dict) -> None:
+        """Snapshot each member whose holdout score improved enough; log the row."""
         self.epoch += 1
-        improved = holdout_mse < (1 - IMPROVEMENT_THRESHOLD) * self.best_mse
-        self.best_mse = torch.where(improved, holdout_mse, self.best_mse)
+        if self.snapshot == "nll":
+            score = holdout["nll"]
+            improved = score < self.best_score - NLL_IMPROVEMENT
+        else:
+            score = holdout["mse"]
+            improved = score < (1 - IMPROVEMENT_THRESHOLD) * self.best_score
+        self.best_score = torch.where(improved, score, self.best_score)
         self.best_epoch = torch.where(improved, self.epoch, self.best_epoch)
         self.stale = torch.where(improved, 0, self.stale + 1)
         with torch.no_grad():
-            for snapshot, p in zip(self.best_params, self.params, strict=True):
+            for snapshot, p in zip(self.best_params, self.params, strict=False):  # last: none
                 snapshot[improved] = p[improved]
         self.history.append(metrics)
+
+    def keep(self) -> list[int]:
+        """Put the kept snapshot into the model; return each member's epoch of it."""
+        if self.snapshot == "last":
+            return [self.epoch] * self.model.num_models
+        with torch.no_grad():
+            for snapshot, p in zip(self.best_params, self.params, strict=True):
+                p.copy_(snapshot)
+        return self.best_epoch.tolist()
 
     def stopped(self, patience: int) -> bool:
         """No member improved for `patience` epochs (never when patience is 0)."""
@@ -389,7 +450,7 @@ class _FitState:
         return {
             **prefixed(self.model.state_dict(), "model"),
             **prefixed({str(i): t for i, t in enumerate(self.best_params)}, "best"),
-            "best_mse": self.best_mse,
+            "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "stale": self.stale,
             "generator": self.generator.get_state(),
@@ -409,11 +470,11 @@ class _FitState:
         """Load what `tensors` and `meta` produced."""
         tensors, meta = saved.tensors, saved.meta
         self.model.load_state_dict(subset(tensors, "model"))
-        device = self.best_mse.device
+        device = self.best_score.device
         with torch.no_grad():
             for i, snapshot in enumerate(self.best_params):
                 snapshot.copy_(tensors[f"best.{i}"])
-        self.best_mse = tensors["best_mse"].to(device)
+        self.best_score = tensors["best_score"].to(device)
         self.best_epoch = tensors["best_epoch"].to(device)
         self.stale = tensors["stale"].to(device)
         self.generator.set_state(tensors["generator"])
@@ -437,13 +498,17 @@ def fit_ensemble(
     checkpoint: Checkpointer | None = None,
     track_training: bool = False,
 ) -> FitResult:
-    """Train every member of `model` at once; keep each member's best holdout snapshot.
+    """Train every member of `model` at once; each keeps the snapshot `cfg.snapshot` names.
 
     The model's normalisers are fitted on the training split, targets are the normalised
     `s' - s` (plus the reward when `model.predict_reward`). After each epoch the holdout MSE
-    of each member is measured; a member's weights are snapshotted when it improves by more
-    than 1% relative. Training stops once no member has improved for `cfg.patience` epochs.
-    At the end each member is restored to its snapshot and `model.elites` is set.
+    and NLL of each member are measured; under `snapshot: mse` a member's weights are
+    snapshotted when its MSE improves by more than 1% relative, under `nll` when its NLL falls
+    by more than `NLL_IMPROVEMENT`; `last` keeps no snapshot. Training stops once no member
+    has improved (MSE for `last`) for `cfg.patience` epochs. At the end each member is
+    restored to its snapshot (`last`: the final weights, untouched), the kept model is
+    evaluated on the holdout once more, calibration included (`FitResult.holdout`), and
+    `model.elites` is set from that evaluation's MSE.
 
     Args:
         model: the ensemble to train (moved to `device`, trained in place).
@@ -501,6 +566,7 @@ def fit_ensemble(
     n_train = len(train_idx)
 
     base = bootstrap_indices(e, n_train, generator) if cfg.bootstrap else None
+    per_member = cfg.batch_order == "per_member"
     decay = model.decay_coefficients(cfg.weight_decay)
     loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
     params = list(model.parameters())
@@ -511,7 +577,7 @@ def fit_ensemble(
         else torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.scheduler_gamma)
     )
 
-    state = _FitState(model, optimizer, scheduler, generator)
+    state = _FitState(model, optimizer, scheduler, generator, cfg.snapshot)
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None:
         state.restore(saved)
@@ -528,7 +594,7 @@ def fit_ensemble(
     for epoch in bar:
         start_time = time.perf_counter()
         model.train()
-        order = epoch_order(base, n_train, generator).to(device)
+        order = epoch_order(base, e, n_train, per_member, generator).to(device)
         sum_mse = torch.zeros(e, device=device)
         sum_nll = torch.zeros(e, device=device) if model.probabilistic else None
         for start in range(0, n_train, cfg.batch_size):
@@ -563,7 +629,7 @@ def fit_ensemble(
             train_eval = _evaluate(model, x_train, y_train, calibration=False)
             splits["full"] = _full_dataset(train_eval, n_train, splits["holdout"], len(x_hold))
         metrics = _epoch_metrics(epoch, lr, time.perf_counter() - start_time, splits)
-        state.end_epoch(splits["holdout"]["mse"], metrics)
+        state.end_epoch(splits["holdout"], metrics)
         bar.set_postfix(
             train=f"{metrics['train_mse']:.4g}", holdout=f"{metrics['holdout_mse']:.4g}"
         )
@@ -575,18 +641,18 @@ def fit_ensemble(
             checkpoint.save(epoch, state.tensors(), state.meta())
     bar.close()
 
-    with torch.no_grad():
-        for snapshot, p in zip(state.best_params, params, strict=True):
-            p.copy_(snapshot)
+    best_epoch = state.keep()
     model.eval()
-    best = state.best_mse.tolist()
-    elites = sorted(range(e), key=lambda m: best[m])[: cfg.num_elites]
+    kept = _evaluate(model, x_hold, y_hold, calibration=True)
+    kept_mse = kept["mse"].tolist()
+    elites = sorted(range(e), key=lambda m: kept_mse[m])[: cfg.num_elites]
     model.elites = elites
     return FitResult(
         history=state.history,
         elites=elites,
-        best_epoch=state.best_epoch.tolist(),
-        holdout_mse=best,
+        best_epoch=best_epoch,
+        holdout_mse=kept_mse,
+        holdout=_flatten({"holdout": kept}),
         epochs_run=len(state.history),
         holdout_indices=holdout_np,
     )

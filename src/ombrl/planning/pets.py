@@ -100,6 +100,9 @@ def fit_config(cfg: PetsConfig) -> FitConfig:
         patience=0,
         scheduler_gamma=None,
         bootstrap=cfg.bootstrap,
+        # PETS: each member's bootstrap resample in its own order; shared batches without one.
+        batch_order="per_member" if cfg.bootstrap else "shared",
+        snapshot="mse",
         num_elites=cfg.members,
         normalization="std",
         grad_clip=None,
