@@ -258,7 +258,7 @@ def cmd_tracking_init(args: argparse.Namespace) -> None:
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri is not None:
-        init_store(uri, ["ensembles", "policies"])
+        init_store(uri, ["ensembles", "policies", "pets"])
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(args.output), {"tracking_uri": uri})
@@ -392,7 +392,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     setup(args.seed, args.threads)
     device = str(resolve_device(args.device))
     if args.policy is not None:
-        act, env_id = policy_actor(Path(args.policy), device, args.seed)
+        make_act, env_id = policy_actor(Path(args.policy), device, args.seed)
     else:
         settings = {"preset": args.preset or "small", **dict.fromkeys(CONTROLLER_ARGS.values())}
         for name, value in args.controller_args or []:
@@ -400,9 +400,9 @@ def cmd_render(args: argparse.Namespace) -> None:
                 raise OmbrlError(f"-ca {name}: unknown (known: {', '.join(CONTROLLER_ARGS)})")
             settings[CONTROLLER_ARGS[name]] = value
         env_id = args.env
-        act = planner_actor(Path(args.ensemble), env_id, settings, device, args.seed)
+        make_act = planner_actor(Path(args.ensemble), env_id, settings, device, args.seed)
     done = render_episode(
-        act, env_id, output, args.seed, args.max_steps, args.width, args.height, args.fps
+        make_act, env_id, output, args.seed, args.max_steps, args.width, args.height, args.fps
     )
     end = "terminated" if done.terminated else "step limit"
     if not args.quiet:

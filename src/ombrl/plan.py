@@ -17,6 +17,7 @@ calibration made on CPU, they are the hours those jobs would take on CPU, an upp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -378,6 +379,8 @@ class Pricer:
         spec = method_spec(params["method"])
         evaluation = self.study["evaluation"]
         ensemble = self.study["ensembles"].get(params.get("ensemble"))
+        if spec.progress is None:  # a planner: trains nothing, plans every evaluation action
+            return self.planner(data, params, ensemble, evaluation["episodes"])
         if "iterations" in params:  # NPG: iterations of paths x horizon model steps
             evaluations = 1 + math.ceil(params["iterations"] / params["eval_every"])
             cost = params["iterations"] * self.npg_iteration(data, params, ensemble)
@@ -392,6 +395,24 @@ class Pricer:
             cost += self.model(ensemble, data, data.transitions, 1)
         episodes = evaluations * evaluation["episodes"]
         return cost + self.unit("env_step", calls=episodes * data.episode_steps)
+
+    def planner(self, data: DatasetInfo, params: dict, ensemble: dict, episodes: int) -> float:
+        """One evaluation of a PETS planner: each action (episodes x the env's full length,
+        an upper bound) runs `max_iters` x `horizon` model calls on popsize x particles
+        particles through the elites (trajectory sampling splits them among the elites)."""
+        from ombrl.planning.settings import CONTROLLER_ARGS, load_pets_config, preset_path
+
+        chosen = [(n, params[k]) for n, k in CONTROLLER_ARGS.items() if params[k] is not None]
+        members = [("num_models", str(ensemble["num_elites"]))]
+        with contextlib.chdir(self.workdir):
+            cfg = load_pets_config(preset_path(params["preset"], ""), chosen, members)
+        elites = cfg.members
+        particles = cfg.popsize * (1 if cfg.prop_type == "E" else cfg.particles)
+        batch = particles // elites if cfg.prop_type.startswith("TS") else particles
+        actions = episodes * data.episode_steps
+        calls = actions * cfg.max_iters * cfg.horizon
+        cost = self.model({**ensemble, "num_models": elites}, data, batch, calls)
+        return cost + self.unit("env_step", calls=actions)
 
     def updates(self, data: DatasetInfo, params: dict) -> float:
         batch, hidden = params["batch_size"], params["hidden_size"]

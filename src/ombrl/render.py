@@ -96,7 +96,7 @@ def offscreen_env(env_id: str, width: int, height: int, max_steps: int | None):
 
 
 def render_episode(
-    act: ActFn,
+    make_act: Callable[[], ActFn],
     env_id: str,
     output: Path,
     seed: int,
@@ -105,11 +105,12 @@ def render_episode(
     height: int = 240,
     fps: int = 30,
 ) -> Rendered:
-    """Run one episode of `act` in `env_id` (reset with `seed`) and write its frames.
+    """Run one episode of a policy in `env_id` (reset with `seed`) and write its frames.
 
     Args:
-        act: the deterministic policy or planner, `obs_dim -> act_dim`; actions are clipped
-            to the environment's bounds.
+        make_act: returns the deterministic policy or planner, `obs_dim -> act_dim` (actions
+            are clipped to the environment's bounds); called once the environment renders,
+            so a missing OpenGL is said before any policy or model loads.
         env_id: a gymnasium MuJoCo id.
         output: `.mp4` or `.gif` file.
         seed: the reset seed.
@@ -126,6 +127,7 @@ def render_episode(
     env = offscreen_env(env_id, width, height, max_steps)
     low, high = env.action_space.low, env.action_space.high
     try:
+        act = make_act()
         obs, _ = env.reset(seed=seed)
         frames = [env.render()]
         total, steps, terminated, truncated = 0.0, 0, False, False
@@ -153,9 +155,9 @@ def render_episode(
     return Rendered(output, len(frames), steps, total, bool(terminated))
 
 
-def policy_actor(folder: Path, device: str, seed: int) -> tuple[ActFn, str]:
-    """The policy a policies-stage job wrote to `folder` (any method, `pets` included), and
-    the environment it acts in.
+def policy_actor(folder: Path, device: str, seed: int) -> tuple[Callable[[], ActFn], str]:
+    """The policy a policies-stage job wrote to `folder` (any method, `pets` included), to
+    be made by the returned function, and the environment it acts in.
 
     Raises:
         OmbrlError: missing or corrupted policy files.
@@ -166,23 +168,29 @@ def policy_actor(folder: Path, device: str, seed: int) -> tuple[ActFn, str]:
     from ombrl.methods import method_module, method_spec
 
     tensors, meta = load_model(folder, name="policy")
-    method_spec(meta.get("method", ""))
-    act = method_module(meta["method"]).load_policy(meta, tensors, torch.device(device), seed)
-    return act, meta["env_id"]
+    module = method_module(method_spec(meta.get("method", "")).name)
+    return lambda: module.load_policy(meta, tensors, torch.device(device), seed), meta["env_id"]
 
 
-def planner_actor(ensemble_dir: Path, env_id: str, settings: dict, device: str, seed: int) -> ActFn:
-    """PETS planning in `env_id` with the ensemble in `ensemble_dir` (its elites).
+def planner_actor(
+    ensemble_dir: Path, env_id: str, settings: dict, device: str, seed: int
+) -> Callable[[], ActFn]:
+    """PETS planning in `env_id` with the ensemble in `ensemble_dir` (its elites), to be made
+    by the returned function.
 
     Args:
         settings: `preset` and the optional `model_type`, `prop_type`, `opt_type`, as a
             `pets` study entry's (None keeps the preset's).
 
     Raises:
-        OmbrlError: an ensemble of another task, a bad setting (`ombrl.methods.pets`).
+        OmbrlError (when called): a missing ensemble, one of another task, a bad setting.
     """
-    from ombrl.methods.pets import make_planner
-    from ombrl.models.ensemble import load_ensemble
 
-    ensemble, _ = load_ensemble(ensemble_dir, device)
-    return make_planner(ensemble, env_id, settings).agent(env_id, seed).act
+    def make() -> ActFn:
+        from ombrl.methods.pets import make_planner
+        from ombrl.models.ensemble import load_ensemble
+
+        ensemble, _ = load_ensemble(ensemble_dir, device)
+        return make_planner(ensemble, env_id, settings).agent(env_id, seed).act
+
+    return make
