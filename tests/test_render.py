@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ombrl.cli import main
+from ombrl.data.collect import collect
 from ombrl.errors import OmbrlError
 from ombrl.render import render_episode
 
@@ -49,9 +50,27 @@ def test_a_bad_output_is_refused_before_any_episode(tmp_path):
         render_episode(lambda: balance, ENV, tmp_path / "missing" / "e.gif", seed=0)
 
 
-def test_the_command_renders_a_planner_and_refuses_contradictory_flags(tmp_path, capsys):
+def test_the_command_needs_a_policy_or_an_ensemble(tmp_path, capsys):
     code = main(["render", "--output", str(tmp_path / "e.gif")])
     assert code == 2 and "give --policy DIR" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_trained_policy_folder_renders_as_its_job_evaluated_it(tmp_path, capsys):
+    data = collect(ENV, "medium", 300, 0, tmp_path / "d.hdf5", ref_episodes=1)
+    code = main(
+        ["train-policy", "--dataset", str(data), "--mode", "bc", "--params", "steps=20",
+         "hidden_size=16", "--output", str(tmp_path / "bc"), "--tracking-uri", "none", "--quiet"]
+    )  # fmt: skip
+    assert code == 0
+    out = tmp_path / "bc.gif"
+    code = main(
+        ["render", "--policy", str(tmp_path / "bc"), "--output", str(out), "--max-steps", "5",
+         "--width", "32", "--height", "32", "--seed", "100000"]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and f"{out}: 6 frames of {ENV}, 5 steps" in printed
+    assert iio.imread(out, index=None).shape[:3] == (6, 32, 32)
 
 
 @pytest.mark.slow
