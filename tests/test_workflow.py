@@ -4,6 +4,7 @@ One module-scoped run of the whole DAG; the tests then check its outputs, that a
 run schedules nothing, and that a config change reruns exactly the stages it invalidates.
 """
 
+import json
 import re
 from pathlib import Path
 
@@ -78,6 +79,17 @@ def test_the_study_produces_scores_and_figure(study):
     assert loss.read_bytes().startswith(b"%PDF")
     final = pd.read_csv(study / "results/tables/final_scores.csv")
     assert sorted(final["mode"]) == sorted(ENTRIES)
+
+
+def test_the_planner_is_scored_once_and_the_propagation_figure_draws_every_run(study):
+    scores = pd.read_csv(study / "results/scores.csv")
+    assert list(scores.loc[scores["mode"] == "pets", "step"]) == [0]  # one evaluation
+    meta = json.loads((study / "results/tiny-random/policies/pets/seed0/policy.json").read_text())
+    assert meta["meta"]["ensemble"] == "results/tiny-random/ensembles/tiny/seed0"
+    assert meta["meta"]["planner"]["settings"]["num_models"] == 2  # the tiny ensemble's elites
+    assert (study / "results/figures/pets_propagation.pdf").read_bytes().startswith(b"%PDF")
+    executed = (study / "results/notebooks/pets_propagation.ipynb").read_text()
+    assert f"runs drawn: {PETS_RUNS['pets_online']};" in executed
 
 
 def test_every_job_is_a_finished_mlflow_run_in_the_study_store(study):
