@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: study test test-quick test-cluster lint clean-venv
+.PHONY: study test test-quick test-cluster lint clean-venv render-deps
 
 $(BIN)/ombrl: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test-cluster: $(BIN)/ombrl
 	scripts/cluster-up.sh
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m slurm; status=$$?; \
 	scripts/cluster-down.sh; exit $$status
+
+# Offscreen rendering (`ombrl render` and its test) with MUJOCO_GL=osmesa needs Debian's
+# OSMesa (root, apt); nothing to do where it is installed.
+render-deps:
+	@ldconfig -p | grep -q libOSMesa.so || { apt-get update -qq && apt-get install -y -qq libosmesa6; }
 
 lint: $(BIN)/ombrl
 	$(BIN)/ruff check src tests benchmarks

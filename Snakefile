@@ -20,6 +20,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/ensembles.smk"
 include: "workflow/rules/policies.smk"
+include: "workflow/rules/planning.smk"
 include: "workflow/rules/scores.smk"
 include: "workflow/rules/figures.smk"
 

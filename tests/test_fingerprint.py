@@ -69,6 +69,7 @@ def test_every_module_a_real_job_imports_is_in_its_stage_fingerprint(tmp_path):
         "bc": ["steps=2", "hidden_size=8"],
         "aleatoric-partitioning": ["steps=2", "hidden_size=8", "rollout_batch=10"],
         "j-morel": ["iterations=1", "paths=2", "horizon=3", "hidden_size=8"],
+        "pets": [],
     }
     for method, params in settings.items():
         policy = ["train-policy", "--dataset", str(data), "--mode", method, "--ensemble",
@@ -81,6 +82,12 @@ def test_every_module_a_real_job_imports_is_in_its_stage_fingerprint(tmp_path):
     scores = ["scores", *(str(tmp_path / m / "progress.csv") for m in settings),
               "--output", str(tmp_path / "s.csv"), "--final", str(tmp_path / "f.csv")]  # fmt: skip
     assert_covered(imported_by(tmp_path, *scores), "scores")
+    pets = ["pets", "--env", "InvertedPendulum-v5", "--preset", "small", "-ca", "prop-type", "E",
+            "-o", "iterations", "1", "-o", "init_episodes", "1", "-o", "fit_epochs", "1",
+            "-o", "popsize", "10", "-o", "num_elites", "2", "-o", "horizon", "3",
+            "--output", str(tmp_path / "pets"), "--checkpoint-every", "0",
+            "--tracking-uri", "none"]  # fmt: skip
+    assert_covered(imported_by(tmp_path, *pets), "pets")
 
 
 def test_each_method_fingerprints_its_own_code_only():

@@ -59,17 +59,22 @@ def test_each_job_is_priced_from_its_settings(tmp_path):
     }
     assert rows["train_policy"].cpu_hours * 3600 == pytest.approx(sac_updates)
     assert rows["train_ensemble"].cpu_hours == 0
-    # One second per environment step: each entry's 3 evaluations (at 0, 100, 200 of the
-    # 200-step modes; at iterations 0, 2, 4 of the NPG ones) x 2 episodes x 1000 steps, plus
-    # 1500 collected.
+    # One second per environment step: each learning entry's 3 evaluations (at 0, 100, 200 of
+    # the 200-step modes; at iterations 0, 2, 4 of the NPG ones) and the planner's one
+    # (pets), x 2 episodes x 1000 steps, plus 1500 collected; each online PETS run (2) its
+    # random episode and its one planned episode of 1000 steps.
     rows = {
         r.rule: r for r in plan(Path("study.yaml"), calibration(tmp_path, env_step=1.0), workdir)
     }
-    assert rows["train_policy"].cpu_hours * 3600 == pytest.approx(len(modes) * 3 * 2 * 1000)
+    planners = sum(METHODS[e["method"]].progress is None for e in modes.values())
+    evaluations = (len(modes) - planners) * 3 + planners
+    assert rows["train_policy"].cpu_hours * 3600 == pytest.approx(evaluations * 2 * 1000)
     assert rows["collect_dataset"].cpu_hours * 3600 == pytest.approx(1500)
+    assert rows["pets_online"].cpu_hours * 3600 == pytest.approx(2 * 2 * 1000)
     text = format_plan(list(rows.values()), Path("study.yaml"))
-    jobs = 1 + 1 + len(modes) + 1 + 1 + 1 + 4 + 1  # data, store, policies, ensemble, its figure,
-    # scores, the four figures of the scores (avg_return, final_scores, profile, sweep), all
+    jobs = 1 + 1 + len(modes) + 1 + 1 + 1 + 4 + 2 + 1 + 1  # data, store, policies, ensemble,
+    # its figure, scores, the four figures of the scores (avg_return, final_scores, profile,
+    # sweep), two online PETS runs and their figure, all
     assert text.splitlines()[-1].split()[:2] == ["total", str(jobs)]
 
 

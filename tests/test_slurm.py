@@ -37,11 +37,12 @@ SLURM_MODES = ("bc", "aleatoric-penalty")
 
 
 def copy_study(workdir: Path) -> Path:
-    """The tiny study with only `SLURM_MODES` (and so none of its sweeps)."""
+    """The tiny study with only `SLURM_MODES` (and so none of its sweeps), no online PETS."""
     copy_workflow(workdir)
     study = yaml.safe_load((workdir / "study.yaml").read_text())
     study["modes"] = {mode: study["modes"][mode] for mode in SLURM_MODES}
     study.pop("sweeps", None)
+    study.pop("pets_propagation", None)
     (workdir / "study.yaml").write_text(yaml.safe_dump(study))
     return workdir
 

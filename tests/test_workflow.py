@@ -4,6 +4,7 @@ One module-scoped run of the whole DAG; the tests then check its outputs, that a
 run schedules nothing, and that a config change reruns exactly the stages it invalidates.
 """
 
+import json
 import re
 from pathlib import Path
 
@@ -32,6 +33,12 @@ FIGURES = {
 }
 # Entries that start from another entry's policy (finetune): they rerun with it.
 STARTING = sum(METHODS[entry["method"]].starts_from for entry in TINY["modes"].values())
+# Online PETS runs (one per propagation method and seed) and their figure: they refit models.
+PETS_RUNS = {
+    "pets_online": len(TINY["pets_propagation"]["prop_types"])
+    * len(TINY["pets_propagation"]["seeds"]),
+    "figure_pets_propagation": 1,
+}
 
 
 def run(workdir, *args):
@@ -72,6 +79,17 @@ def test_the_study_produces_scores_and_figure(study):
     assert loss.read_bytes().startswith(b"%PDF")
     final = pd.read_csv(study / "results/tables/final_scores.csv")
     assert sorted(final["mode"]) == sorted(ENTRIES)
+
+
+def test_the_planner_is_scored_once_and_the_propagation_figure_draws_every_run(study):
+    scores = pd.read_csv(study / "results/scores.csv")
+    assert list(scores.loc[scores["mode"] == "pets", "step"]) == [0]  # one evaluation
+    meta = json.loads((study / "results/tiny-random/policies/pets/seed0/policy.json").read_text())
+    assert meta["meta"]["ensemble"] == "results/tiny-random/ensembles/tiny/seed0"
+    assert meta["meta"]["planner"]["settings"]["num_models"] == 2  # the tiny ensemble's elites
+    assert (study / "results/figures/pets_propagation.pdf").read_bytes().startswith(b"%PDF")
+    executed = (study / "results/notebooks/pets_propagation.ipynb").read_text()
+    assert f"runs drawn: {PETS_RUNS['pets_online']};" in executed
 
 
 def test_every_job_is_a_finished_mlflow_run_in_the_study_store(study):
@@ -218,8 +236,9 @@ def test_editing_the_sac_agent_reruns_only_the_jobs_that_use_it(study):
 @pytest.mark.parametrize(
     ("path", "rerun"),
     [
-        # The MLP every learner is built from: bc, the SAC family and NPG's value baseline.
-        ("src/ombrl/agents/networks.py", ENTRIES),
+        # The MLP every learner is built from: bc, the SAC family and NPG's value baseline
+        # (not the planner, pets, which learns nothing).
+        ("src/ombrl/agents/networks.py", [e for e in ENTRIES if e != "pets"]),
         # Imported by no stage (`ombrl convert-ensemble` only): nothing reruns.
         ("src/ombrl/models/convert.py", []),
     ],
@@ -249,6 +268,7 @@ def test_editing_the_ensemble_code_reruns_ensembles_and_dependants(study):
         "scores": 1,
         **FIGURES,
         "figure_ensemble_loss": 1,
+        **PETS_RUNS,
     }
 
 
@@ -273,10 +293,13 @@ def test_the_d4rl_study_plans_every_job_with_its_tuned_values(tmp_path):
     workdir = copy_workflow(tmp_path, "config/d4rl.yaml")
     result = run(workdir, "--configfile", "study.yaml", "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
-    # Every method that optimises the task's return offline (the thesis's other experiments
-    # are in config/full.yaml).
+    # Every method that optimises the task's return offline by learning a policy (the
+    # thesis's other experiments and the planner, pets, are in config/full.yaml).
     datasets, seeds = 12, 5
-    modes = sum(spec.task_objective and not spec.starts_from for spec in METHODS.values())
+    modes = sum(
+        spec.task_objective and not spec.starts_from and spec.progress is not None
+        for spec in METHODS.values()
+    )
     # Per dataset: the thesis's 4x200 PNN, MOReL's deterministic and J-MOReL's probabilistic
     # ensemble (halfcheetah's own sizes for both).
     ensembles = 3

@@ -258,7 +258,7 @@ def cmd_tracking_init(args: argparse.Namespace) -> None:
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri is not None:
-        init_store(uri, ["ensembles", "policies"])
+        init_store(uri, ["ensembles", "policies", "pets"])
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(args.output), {"tracking_uri": uri})
@@ -342,15 +342,7 @@ def _add_pets_parser(sub) -> None:
     p.add_argument(
         "--preset", help="config/pets/NAME.yaml or a YAML path (default: the --env preset)"
     )
-    p.add_argument(
-        "-ca",
-        dest="controller_args",
-        nargs=2,
-        action="append",
-        metavar=("NAME", "VALUE"),
-        help="controller argument, repeatable: model-type D|P|DE|PE, "
-        "prop-type E|DS|TS1|TSinf|MM, opt-type CEM|Random",
-    )
+    _add_controller_args(p)
     p.add_argument(
         "-o",
         dest="overrides",
@@ -365,6 +357,80 @@ def _add_pets_parser(sub) -> None:
     _add_run_flags(p)
     _add_tracking_flag(p)
     p.set_defaults(func=cmd_pets)
+
+
+def _add_controller_args(parser: argparse.ArgumentParser) -> None:
+    """PETS's controller arguments (`-ca NAME VALUE`, upstream's spellings)."""
+    parser.add_argument(
+        "-ca",
+        dest="controller_args",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="controller argument, repeatable: model-type D|P|DE|PE, "
+        "prop-type E|DS|TS1|TSinf|MM, opt-type CEM|Random",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering: one episode of a policy folder or of a planner on an ensemble
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    from ombrl.planning.settings import CONTROLLER_ARGS
+    from ombrl.render import check_output, planner_actor, policy_actor, render_episode
+    from ombrl.runtime import resolve_device, setup
+
+    if (args.policy is None) == (args.ensemble is None):
+        raise OmbrlError("render: give --policy DIR (a policy job's folder) or --ensemble DIR")
+    if args.ensemble is not None and args.env is None:
+        raise OmbrlError("render --ensemble: --env ENV_ID names the task to plan for")
+    if args.policy is not None and (args.controller_args or args.preset):
+        raise OmbrlError("render --policy: the planner's settings are the policy folder's")
+    output = Path(args.output)
+    check_output(output)
+    setup(args.seed, args.threads)
+    device = str(resolve_device(args.device))
+    if args.policy is not None:
+        make_act, env_id = policy_actor(Path(args.policy), device, args.seed)
+    else:
+        settings = {"preset": args.preset or "small", **dict.fromkeys(CONTROLLER_ARGS.values())}
+        for name, value in args.controller_args or []:
+            if name not in CONTROLLER_ARGS:
+                raise OmbrlError(f"-ca {name}: unknown (known: {', '.join(CONTROLLER_ARGS)})")
+            settings[CONTROLLER_ARGS[name]] = value
+        env_id = args.env
+        make_act = planner_actor(Path(args.ensemble), env_id, settings, device, args.seed)
+    done = render_episode(
+        make_act, env_id, output, args.seed, args.max_steps, args.width, args.height, args.fps
+    )
+    end = "terminated" if done.terminated else "step limit"
+    if not args.quiet:
+        print(
+            f"{done.path}: {done.frames} frames of {env_id}, {done.steps} steps ({end}), "
+            f"return {done.total:.1f}"
+        )
+
+
+def _add_render_parser(sub) -> None:
+    p = sub.add_parser(
+        "render", help="one episode of a trained policy or a PETS planner as MP4 or GIF"
+    )
+    p.add_argument("--policy", metavar="DIR", help="a policy job's folder (any method, pets too)")
+    p.add_argument("--ensemble", metavar="DIR", help="plan with this trained ensemble (PETS)")
+    p.add_argument("--env", type=_env_id, help="with --ensemble: the task to plan for")
+    p.add_argument("--preset", help="with --ensemble: config/pets/NAME.yaml or a path (small)")
+    _add_controller_args(p)
+    p.add_argument("--output", required=True, help="video file: .mp4 or .gif")
+    p.add_argument(
+        "--max-steps", type=_at_least(1), help="end after N steps (default: the env's limit)"
+    )
+    p.add_argument("--width", type=_at_least(16), default=320, help="pixels")
+    p.add_argument("--height", type=_at_least(16), default=240, help="pixels")
+    p.add_argument("--fps", type=_at_least(1), default=30, help="frames per second")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_render)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -693,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plan)
 
     _add_pets_parser(sub)
+    _add_render_parser(sub)
     return parser
 
 

@@ -36,6 +36,7 @@ STAGE_MODULES = {
     "ensemble": "ombrl.ensembles",
     "policy": "ombrl.policies",
     "scores": "ombrl.scores",
+    "pets": "ombrl.planning.pets",
 }
 #: The module whose dynamic import `job_files` resolves through the registry.
 REGISTRY_MODULE = "ombrl.methods"

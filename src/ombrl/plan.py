@@ -17,6 +17,7 @@ calibration made on CPU, they are the hours those jobs would take on CPU, an upp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -361,6 +362,8 @@ class Pricer:
             )
         elif job.rule == "train_policy":
             cost += self.policy(w["dataset"], w["mode"])
+        elif job.rule == "pets_online":
+            cost += self.pets_run(w["env"], w["prop"])
         return cost
 
     def ensemble(self, data: DatasetInfo, cfg: dict) -> float:
@@ -404,6 +407,8 @@ class Pricer:
         spec = method_spec(params["method"])
         evaluation = self.study["evaluation"]
         ensemble = self.study["ensembles"].get(params.get("ensemble"))
+        if spec.progress is None:  # a planner: trains nothing, plans every evaluation action
+            return self.planner(data, params, ensemble, evaluation["episodes"])
         if "iterations" in params:  # NPG: iterations of paths x horizon model steps
             evaluations = 1 + math.ceil(params["iterations"] / params["eval_every"])
             cost = params["iterations"] * self.npg_iteration(data, params, ensemble)
@@ -418,6 +423,61 @@ class Pricer:
             cost += self.model(ensemble, data, data.transitions, 1)
         episodes = evaluations * evaluation["episodes"]
         return cost + self.unit("env_step", calls=episodes * data.episode_steps)
+
+    def planner(self, data: DatasetInfo, params: dict, ensemble: dict, episodes: int) -> float:
+        """One evaluation of a `pets` entry's planner on the ensemble's elites: episodes x the
+        env's full length (an upper bound) actions."""
+        from ombrl.planning.settings import CONTROLLER_ARGS, load_pets_config, preset_path
+
+        chosen = [(n, params[k]) for n, k in CONTROLLER_ARGS.items() if params[k] is not None]
+        members = [("num_models", str(ensemble["num_elites"]))]
+        with contextlib.chdir(self.workdir):
+            cfg = load_pets_config(preset_path(params["preset"], ""), chosen, members)
+        return self.plan_actions(cfg, ensemble, data, episodes * data.episode_steps)
+
+    def plan_actions(self, cfg, ensemble: dict, data: DatasetInfo, actions: int) -> float:
+        """`actions` planned actions (`PetsConfig` cfg), each `max_iters` x `horizon` model
+        calls on popsize x particles particles (trajectory sampling splits them among the
+        members), and their environment steps."""
+        members = cfg.members
+        particles = cfg.popsize * (1 if cfg.prop_type == "E" else cfg.particles)
+        batch = particles // members if cfg.prop_type.startswith("TS") else particles
+        calls = actions * cfg.max_iters * cfg.horizon
+        cost = self.model({**ensemble, "num_models": members}, data, batch, calls)
+        return cost + self.unit("env_step", calls=actions)
+
+    def pets_run(self, env_id: str, prop_type: str) -> float:
+        """An online PETS run of the study's `pets_propagation`, every episode at its full
+        length (an upper bound): per iteration a refit on all episodes so far (`fit_epochs`
+        passes) and one planned episode."""
+        from ombrl.planning.settings import load_pets_config, preset_path
+
+        study = self.study["pets_propagation"]
+        overrides = [(k, json.dumps(v)) for k, v in study["overrides"].items()]
+        with contextlib.chdir(self.workdir):
+            path = preset_path(study["preset"], env_id)
+            cfg = load_pets_config(path, [("prop-type", prop_type)], overrides)
+        # The environment's dimensions and step limit, as a dataset of it would have them.
+        info = dataset_info("", {"source": "collect", "env": env_id, "transitions": 0}, Path())
+        steps = cfg.episode_length or info.episode_steps
+        model = {
+            "num_models": cfg.members,
+            "predict_reward": False,
+            "probabilistic": cfg.model_type.startswith("P"),
+            "hidden_size": cfg.hidden_size,
+        }
+        outputs = info.obs * (2 if model["probabilistic"] else 1)
+        step = ensemble_flops(
+            cfg.members, cfg.batch_size, info.obs, info.act, cfg.hidden_size, outputs
+        )
+        cost = 0.0
+        for iteration in range(cfg.iterations):
+            seen = (cfg.init_episodes + iteration) * steps
+            cost += cfg.fit_epochs * self.unit(
+                "ensemble_step", step, math.ceil(seen / cfg.batch_size)
+            )
+            cost += self.plan_actions(cfg, model, info, steps)
+        return cost + self.unit("env_step", calls=cfg.init_episodes * steps)
 
     def updates(self, data: DatasetInfo, params: dict) -> float:
         batch, hidden = params["batch_size"], params["hidden_size"]

@@ -122,6 +122,8 @@ def run(job: PolicyJob) -> None:
             "ensemble_code_version": ensemble_meta.get("code_version"),
             "env_id": dataset.env_id,
         }
+        if ensemble is not None:
+            meta["ensemble"] = str(job.ensemble)
         checkpoint = job_checkpointer(
             job.checkpoint_dir,
             job.checkpoint_every,
@@ -189,6 +191,8 @@ def run(job: PolicyJob) -> None:
         agent = train(job.method, job.params, inputs, on_eval)
         require_finite(agent.state_dict(), f"{job.method} policy")
         run_id = None if tracked is None else tracked.run_id
+    # What a method made its policy from beyond the config (pets: the planner's settings).
+    meta.update(getattr(agent, "provenance", {}))
     ref_min, ref_max = ref_scores or (None, None)
     meta = {
         **identity,
@@ -233,6 +237,12 @@ def _load_ensemble(job: PolicyJob, dataset, device):
     from ombrl.models.ensemble import load_ensemble
 
     ensemble, ensemble_meta = load_ensemble(job.ensemble, device)
+    if (ensemble.obs_dim, ensemble.act_dim) != (dataset.obs_dim, dataset.act_dim):
+        raise OmbrlError(
+            f"{job.ensemble}: ensemble dimensions (obs {ensemble.obs_dim}, act "
+            f"{ensemble.act_dim}) are not {job.dataset}'s (obs {dataset.obs_dim}, act "
+            f"{dataset.act_dim}): it was trained on another task's data"
+        )
     if ensemble_meta.get("dataset_checksum") not in (None, dataset.checksum):
         raise OmbrlError(
             f"{job.ensemble}: ensemble was trained on another dataset than {job.dataset}"

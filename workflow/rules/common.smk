@@ -118,10 +118,22 @@ def policy_inputs(w):
         inputs["ensemble"] = (
             f"{ensemble_dir(w.dataset, ensemble, w.seed)}/model.safetensors"
         )
+    preset = mode_params(STUDY, w.dataset, w.mode).get("preset")
+    if preset is not None:  # a planner (pets): its settings file
+        inputs["preset"] = preset_file(preset)
     origin = MODES[w.mode].get("from")
     if origin is not None:  # finetuning: the same dataset and seed's offline policy
         inputs["init"] = f"{policy_dir(w.dataset, origin, w.seed)}/policy.safetensors"
     return inputs
+
+
+def preset_file(preset):
+    """The file of a PETS preset name or path (as ombrl.planning.settings.preset_path reads
+    it, without importing the planner into the workflow): an input, so editing it reruns.
+    """
+    return (
+        preset if preset.endswith((".yaml", ".yml")) else f"config/pets/{preset}.yaml"
+    )
 
 
 def method_of(w):
@@ -226,6 +238,45 @@ def sweep_params(w, input, output):
     return shlex.quote(json.dumps(parameters))
 
 
+# Online PETS per propagation method (`pets_propagation:`), drawn in one figure.
+PETS_PROPAGATION = STUDY["pets_propagation"]
+
+
+def pets_run_dir(env, prop, seed):
+    return f"results/pets/{env}/{prop}/seed{seed}"
+
+
+def pets_propagation_runs():
+    """(propagation method, seed, progress.csv) of every run the figure draws."""
+    study = PETS_PROPAGATION
+    return [
+        (p, s, f"{pets_run_dir(study['env'], p, s)}/progress.csv")
+        for p in study["prop_types"]
+        for s in study["seeds"]
+    ]
+
+
+def pets_overrides(values):
+    """`-o KEY VALUE` flags of `ombrl pets` (values as YAML), quoted for the shell."""
+    return " ".join(
+        f"-o {shlex.quote(k)} {shlex.quote(json.dumps(v))}"
+        for k, v in sorted(values.items())
+    )
+
+
+def pets_propagation_params(w, output):
+    """The figure notebook's parameters as one shell-quoted YAML (JSON) word for papermill -y."""
+    runs = pets_propagation_runs()
+    parameters = {
+        "progress_csvs": [path for _, _, path in runs],
+        "prop_types": [p for p, _, _ in runs],
+        "env": PETS_PROPAGATION["env"],
+        "preset": PETS_PROPAGATION["preset"],
+        "output_pdf": output.figure,
+    }
+    return shlex.quote(json.dumps(parameters))
+
+
 def get_final_output():
     figures = [
         f"results/figures/{f}.pdf"
@@ -235,4 +286,6 @@ def get_final_output():
         f"results/figures/{d}/ensemble_loss.pdf" for d in DATASETS if ensembles_on(d)
     ]
     figures += [f"results/figures/sweep_{d}.pdf" for d in DATASETS if sweeps_on(d)]
+    if PETS_PROPAGATION is not None:
+        figures.append("results/figures/pets_propagation.pdf")
     return ["results/scores.csv", *figures]

@@ -110,3 +110,26 @@ rule figure_sweep:
     shell:
         "papermill {input.notebook} {output.notebook} -k python3 --no-progress-bar"
         " -y {params.notebook_params} > {log} 2>&1"
+
+
+rule figure_pets_propagation:
+    input:
+        progress=lambda w: [path for _, _, path in pets_propagation_runs()],
+        notebook="notebooks/pets_propagation.ipynb",
+    output:
+        figure=report(
+            "results/figures/pets_propagation.pdf",
+            caption="../report/pets_propagation.rst",
+            category="Figures",
+        ),
+        notebook="results/notebooks/pets_propagation.ipynb",
+    log:
+        "logs/figures/pets_propagation.log",
+    conda:
+        "../../envs/figures.yaml"
+    params:
+        code=code("scores"),
+        notebook_params=pets_propagation_params,
+    shell:
+        "papermill {input.notebook} {output.notebook} -k python3 --no-progress-bar"
+        " -y {params.notebook_params} > {log} 2>&1"

@@ -1,11 +1,12 @@
 """The registry of methods: the one list of what a study's `modes:` entry may name.
 
 A method is a way of turning a study's inputs (a dataset, an ensemble trained on it, an
-environment to act in) into something that is evaluated and scored: policy weights today.
-Each method family lives in one module of this package, which exports
-`train(method, cfg, inputs, on_eval)`; the registry names the module without importing it, so
-a job imports only the code of the method it runs (and the workflow's rerun fingerprints,
-read from the imports, see only that code).
+environment to act in) into something that is evaluated and scored: policy weights, or a
+planner on the ensemble (`pets`). Each method family lives in one module of this package,
+which exports `train(method, cfg, inputs, on_eval)` and `load_policy(meta, tensors, device,
+seed)` (the trained policy acting again, for `ombrl render`); the registry names the module
+without importing it, so a job imports only the code of the method it runs (and the
+workflow's rerun fingerprints, read from the imports, see only that code).
 
 Everything else derives from `METHODS`: the schema's choice of `method:` (`ombrl.config`),
 the CLI's `--mode` choices, which entries need an ensemble in the workflow, and which module
@@ -45,7 +46,9 @@ class MethodSpec:
         needs_elites: its ensemble must keep fewer elites than members (`num_elites`
             below `num_models`), checked when a study loads.
         online: can also train by acting in an environment (`train-policy --env`).
-        progress: the unit of its progress (`step` column): `updates`, `iterations`, ...
+        progress: the unit of its progress (`step` column): `updates`, `iterations`, ...;
+            None for a method that trains nothing (a planner): one evaluation at step 0,
+            drawn as a level in avg_return.pdf.
         task_objective: it maximises the task's return; False for the thesis's survival and
             offline exploration modes, whose scores aggregates leave out unless asked.
         starts_from: starts from another entry's trained SAC policy (a study entry's `from:`,
@@ -58,7 +61,7 @@ class MethodSpec:
     needs_ensemble: bool
     needs_elites: bool = False
     online: bool = False
-    progress: str = "updates"
+    progress: str | None = "updates"
     task_objective: bool = True
     starts_from: bool = False
 
@@ -108,6 +111,7 @@ METHODS: dict[str, MethodSpec] = {
             needs_elites=True,
             progress="iterations",
         ),
+        MethodSpec("pets", "pets", "pets", needs_ensemble=True, progress=None),
     ]
 }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from ombrl.agents.bc import BC, BCConfig
@@ -43,3 +44,13 @@ def train(method: str, cfg: dict, inputs: Inputs, on_eval: Callable[[dict], None
         checkpoint=inputs.checkpoint,
     )
     return agent
+
+
+def load_policy(
+    meta: dict, tensors: dict[str, torch.Tensor], device: torch.device, seed: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The trained policy of a `bc` job's files (policy.json meta, policy.safetensors), acting
+    deterministically."""
+    agent = make_learner(BC, build(BCConfig, meta["config"]), meta["env_id"], None, device, seed)
+    agent.load_state_dict(tensors)
+    return lambda obs: agent.act(obs, deterministic=True)

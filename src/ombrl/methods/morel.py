@@ -99,6 +99,20 @@ def train(method: str, cfg: dict, inputs: Inputs, on_eval: Callable[[dict], None
     return agent
 
 
+def load_policy(
+    meta: dict, tensors: dict[str, Tensor], device: torch.device, seed: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The trained policy of a MOReL or J-MOReL job's files (policy.json meta,
+    policy.safetensors; the observation scaling is among the tensors), acting
+    deterministically."""
+    scaled = partial(NPG, obs_mean=tensors["obs_mean"], obs_std=tensors["obs_std"])
+    agent = make_learner(
+        scaled, build(NPGConfig, meta["config"]), meta["env_id"], None, device, seed
+    )
+    agent.load_state_dict(tensors)
+    return lambda obs: agent.act(obs, deterministic=True)
+
+
 def start_states(dataset: Dataset, device: torch.device) -> Tensor:
     """The dataset's episode start states (K x obs_dim): the pool paths start from."""
     ids = dataset.episode_ids
