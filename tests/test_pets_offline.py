@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ombrl.cli import main
-from ombrl.config import resolve_mode
+from ombrl.config import read_yaml, resolve_mode
 from ombrl.data.collect import collect
 from ombrl.errors import OmbrlError
 from ombrl.io import load_model
@@ -20,6 +20,8 @@ from ombrl.methods.pets import elite_ensemble, load_policy, make_planner
 from ombrl.models.ensemble import DynamicsEnsemble, load_ensemble, save_ensemble
 from ombrl.policies import PolicyJob, run
 from ombrl.training.loop import Evaluation
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ENV = "InvertedPendulum-v5"
 
@@ -140,8 +142,10 @@ def test_settings_the_ensemble_cannot_provide_are_errors_before_planning():
     deterministic = DynamicsEnsemble(4, 1, [8], 2, False, "swish", False)
     with pytest.raises(OmbrlError, match="needs a probabilistic ensemble"):
         make_planner(deterministic, ENV, small)  # the small preset plans with PE
-    three = DynamicsEnsemble(4, 1, [8], 3, True, "swish", False)  # 3 elites, 10 particles
-    with pytest.raises(OmbrlError, match=r"pets with 3 elite\(s\): particles: 10 must be"):
+    particles = read_yaml(ROOT / "config" / "pets" / "small.yaml")["particles"]
+    assert particles % 3  # 3 elites cannot share the small preset's particles
+    three = DynamicsEnsemble(4, 1, [8], 3, True, "swish", False)
+    with pytest.raises(OmbrlError, match=rf"pets with 3 elite\(s\): particles: {particles} must"):
         make_planner(three, ENV, small)
     with pytest.raises(OmbrlError, match="prop_type: 'XS' is not one of"):
         make_planner(ensemble, ENV, small | {"prop_type": "XS"})
