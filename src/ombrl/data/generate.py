@@ -127,7 +127,7 @@ def generate(
     if quality == "medium-replay":
         with h5py.File(Path(behaviour) / REPLAY, "r") as handle:
             stop = chosen["medium"]["env_steps"]
-            arrays = cut({k: handle[k][:stop] for k in Recorder().rows})
+            arrays = cut({k: handle[k][:stop] for k in Recorder.FIELDS})
     else:
         parts = [
             rollout(
@@ -173,7 +173,7 @@ def rollout(env_id: str, agent, transitions: int, seed: int) -> dict[str, np.nda
     """`transitions` steps of `agent`'s sampled actions; episode k is reset with
     `episode_seed(seed, k)`; the last row is cut as a timeout unless it is a terminal."""
     env = gym.make(env_id)
-    recorder, episode = Recorder(), 0
+    recorder, episode = Recorder(env, transitions), 0
     obs, _ = env.reset(seed=episode_seed(seed, episode))
     for _ in range(transitions):
         action = agent.act(obs, deterministic=False)
