@@ -16,7 +16,7 @@ $(BIN)/ombrl: pyproject.toml requirements.lock
 study: $(BIN)/ombrl
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
 
-test: $(BIN)/ombrl
+test: $(BIN)/ombrl render-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m "not slurm"
 
 # The quick loop while editing: the unit tests alone (about a minute), no workflow runs,
