@@ -415,6 +415,8 @@ class Pricer:
         else:
             evaluations = 1 + math.ceil(params["steps"] / evaluation["every"])
             cost = self.updates(data, params)
+            if spec.progress == "env_steps":  # online: an environment step per update
+                cost += self.unit("env_step", calls=params["steps"])
             if spec.needs_ensemble:
                 rounds = math.ceil(params["steps"] / params["rollout_every"])
                 calls = rounds * params["rollout_length"]
