@@ -147,6 +147,7 @@ def test_settings_the_ensemble_cannot_provide_are_errors_before_planning():
     three = DynamicsEnsemble(4, 1, [8], 3, True, "swish", False)
     with pytest.raises(OmbrlError, match=rf"pets with 3 elite\(s\): particles: {particles} must"):
         make_planner(three, ENV, small)
+    assert make_planner(three, ENV, small | {"particles": 6}).cfg.particles == 6
     with pytest.raises(OmbrlError, match="prop_type: 'XS' is not one of"):
         make_planner(ensemble, ENV, small | {"prop_type": "XS"})
     with pytest.raises(OmbrlError, match="preset 'nope'"):

@@ -377,7 +377,7 @@ def _add_controller_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> None:
-    from ombrl.planning.settings import CONTROLLER_ARGS
+    from ombrl.planning.settings import CONTROLLER_ARGS, ENTRY_KEYS
     from ombrl.render import check_output, planner_actor, policy_actor, render_episode
     from ombrl.runtime import resolve_device, setup
 
@@ -394,7 +394,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     if args.policy is not None:
         make_act, env_id = policy_actor(Path(args.policy), device, args.seed)
     else:
-        settings = {"preset": args.preset or "small", **dict.fromkeys(CONTROLLER_ARGS.values())}
+        settings = {"preset": args.preset or "small", **dict.fromkeys(ENTRY_KEYS)}
         for name, value in args.controller_args or []:
             if name not in CONTROLLER_ARGS:
                 raise OmbrlError(f"-ca {name}: unknown (known: {', '.join(CONTROLLER_ARGS)})")

@@ -429,12 +429,10 @@ class Pricer:
     def planner(self, data: DatasetInfo, params: dict, ensemble: dict, episodes: int) -> float:
         """One evaluation of a `pets` entry's planner on the ensemble's elites: episodes x the
         env's full length (an upper bound) actions."""
-        from ombrl.planning.settings import CONTROLLER_ARGS, load_pets_config, preset_path
+        from ombrl.planning.settings import entry_settings
 
-        chosen = [(n, params[k]) for n, k in CONTROLLER_ARGS.items() if params[k] is not None]
-        members = [("num_models", str(ensemble["num_elites"]))]
         with contextlib.chdir(self.workdir):
-            cfg = load_pets_config(preset_path(params["preset"], ""), chosen, members)
+            cfg = entry_settings(params, "", ensemble["num_elites"])  # a study names its preset
         return self.plan_actions(cfg, ensemble, data, episodes * data.episode_steps)
 
     def plan_actions(self, cfg, ensemble: dict, data: DatasetInfo, actions: int) -> float:

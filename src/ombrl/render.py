@@ -179,8 +179,8 @@ def planner_actor(
     by the returned function.
 
     Args:
-        settings: `preset` and the optional `model_type`, `prop_type`, `opt_type`, as a
-            `pets` study entry's (None keeps the preset's).
+        settings: `preset` and the `ENTRY_KEYS` (ombrl.planning.settings), as a `pets`
+            study entry's (None keeps the preset's).
 
     Raises:
         OmbrlError (when called): a missing ensemble, one of another task, a bad setting.

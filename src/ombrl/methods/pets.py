@@ -34,20 +34,16 @@ from ombrl.errors import OmbrlError
 from ombrl.methods import Inputs
 from ombrl.models.ensemble import DynamicsEnsemble
 from ombrl.planning import (
-    CONTROLLER_ARGS,
     MPCAgent,
     PetsConfig,
     check_pets_config,
-    load_pets_config,
+    entry_settings,
     make_agent,
     preset_path,
     run_episode,
 )
 from ombrl.tasks import Task, get_task
 from ombrl.training.loop import Evaluation
-
-#: The planner's settings a study entry may set (schema `$defs.pets`), as preset keys.
-CONTROLLER_KEYS = list(CONTROLLER_ARGS.values())
 
 
 class Planner:
@@ -121,25 +117,18 @@ def make_planner(ensemble: DynamicsEnsemble, env_id: str, cfg: dict) -> Planner:
     Args:
         ensemble: the trained ensemble (its elites plan).
         env_id: the task planned for.
-        cfg: `preset` and the optional `model_type`, `prop_type`, `opt_type` (schema keys;
-            None keeps the preset's).
+        cfg: `preset` and the optional `model_type`, `prop_type`, `opt_type`, `particles`
+            (schema keys, `ENTRY_KEYS`; None keeps the preset's).
 
     Raises:
         OmbrlError: another task's ensemble, an unknown preset, a bad or unfit setting.
     """
     task = get_task(env_id)
     check_dimensions(ensemble, task)
-    path = preset_path(cfg["preset"], env_id)
-    upstream = {key: name for name, key in CONTROLLER_ARGS.items()}
-    chosen = [(upstream[key], cfg[key]) for key in CONTROLLER_KEYS if cfg[key] is not None]
     model = elite_ensemble(ensemble)
-    # The preset's num_models is the ensemble it would train; here it is the elites planned with.
-    elites = [("num_models", str(model.num_models))]
-    try:
-        settings = load_pets_config(path, chosen, elites)
-    except OmbrlError as error:
-        raise OmbrlError(f"pets with {model.num_models} elite(s): {error}") from None
-    planner = Planner(model, settings, str(path), list(ensemble.elites))
+    settings = entry_settings(cfg, env_id, model.num_models)
+    path = str(preset_path(cfg["preset"], env_id))
+    planner = Planner(model, settings, path, list(ensemble.elites))
     planner.agent(env_id, 0)  # P/PE on a deterministic ensemble fails here, before any step
     return planner
 

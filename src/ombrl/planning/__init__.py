@@ -23,16 +23,19 @@ from ombrl.planning.propagation import (
 )
 from ombrl.planning.settings import (
     CONTROLLER_ARGS,
+    ENTRY_KEYS,
     OPT_TYPES,
     PRESET_DIR,
     PetsConfig,
     check_pets_config,
+    entry_settings,
     load_pets_config,
     preset_path,
 )
 
 __all__ = [
     "CONTROLLER_ARGS",
+    "ENTRY_KEYS",
     "MODEL_TYPES",
     "NON_FINITE_COST",
     "OPT_TYPES",
@@ -47,6 +50,7 @@ __all__ = [
     "RandomOptimizer",
     "check_pets_config",
     "check_types",
+    "entry_settings",
     "episodes_dataset",
     "fit_config",
     "load_pets_config",

@@ -10,6 +10,7 @@ environment step or planning.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,10 @@ PRESET_DIR = Path("config") / "pets"
 OPT_TYPES = ("CEM", "Random")
 # `-ca` names (upstream) -> preset keys.
 CONTROLLER_ARGS = {"model-type": "model_type", "prop-type": "prop_type", "opt-type": "opt_type"}
+#: The preset keys an offline `pets` entry may set (schema `$defs.pets`; None keeps the
+#: preset's): the controller's, and `particles`, which trajectory sampling needs as a multiple
+#: of the elites planned with (a preset sized for its own ensemble may not fit).
+ENTRY_KEYS = [*CONTROLLER_ARGS.values(), "particles"]
 
 
 @dataclass
@@ -210,3 +215,19 @@ def load_pets_config(
     cfg = PetsConfig(**values)
     check_pets_config(cfg)
     return cfg
+
+
+def entry_settings(entry: dict, env_id: str, members: int) -> PetsConfig:
+    """The planner of an offline `pets` entry planning with `members` elites: its preset
+    (`preset_path(entry["preset"], env_id)`) with the entry's `ENTRY_KEYS` that are not None.
+
+    Raises:
+        OmbrlError: an unknown preset, or a setting that does not fit, naming the elites.
+    """
+    path = preset_path(entry["preset"], env_id)
+    chosen = [(k, json.dumps(entry[k])) for k in ENTRY_KEYS if entry.get(k) is not None]
+    # The preset's num_models is the ensemble it would train; here it is the elites planned with.
+    try:
+        return load_pets_config(path, (), [*chosen, ("num_models", str(members))])
+    except OmbrlError as error:
+        raise OmbrlError(f"pets with {members} elite(s): {error}") from None
