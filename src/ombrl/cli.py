@@ -283,10 +283,10 @@ def cmd_checkpoints(args: argparse.Namespace) -> None:
 
 def cmd_check_config(args: argparse.Namespace) -> None:
     from ombrl.config import load_study, read_yaml
-    from ombrl.data.collect import study_problems
+    from ombrl.preflight import study_problems
 
     study = load_study(read_yaml(Path(args.config)), args.config)
-    problems = study_problems(study["datasets"], args.config)
+    problems = study_problems(study, args.config)
     if problems:
         raise OmbrlError("\n".join(problems))
     jobs = len(study["seeds"]) * len(study["datasets"])

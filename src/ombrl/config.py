@@ -8,7 +8,6 @@ so a bad key is reported the same way, before any job runs, one line per problem
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
@@ -351,8 +350,6 @@ def load_study(data: dict, source: str, root: Path = Path(".")) -> dict:
                     f"{source}: modes.{name}.ensemble: {entry['method']} needs elites, but "
                     f"{ensemble} keeps all {members['num_models']} members (num_elites)"
                 )
-        if method_spec(entry["method"]).progress is None and ensemble in resolved:
-            _check_planner(entry, resolved[ensemble], root, f"{source}: modes.{name}", problems)
     baseline = study["scores"]["baseline"]
     if baseline is not None and baseline not in modes:
         problems.append(
@@ -478,24 +475,6 @@ def expand_sweeps(
             for swept in resolved[name]["entries"]:
                 new_overrides[dataset][swept] = values
     return expanded, new_overrides, resolved
-
-
-def _check_planner(entry: dict, ensemble: dict, root: Path, where: str, problems: list[str]):
-    """A planner entry's settings against its ensemble, as the job would make them (its elites
-    as the model), so a misfit stops the study before any work rather than at the job."""
-    from ombrl.planning.settings import entry_settings
-
-    try:
-        with contextlib.chdir(root):
-            settings = entry_settings(entry, "", ensemble["num_elites"])
-    except OmbrlError as e:
-        problems.append(f"{where}: {e}")
-        return
-    if settings.model_type.startswith("P") and not ensemble["probabilistic"]:
-        problems.append(
-            f"{where}: model_type {settings.model_type} needs a probabilistic ensemble "
-            f"({entry['ensemble']} is deterministic)"
-        )
 
 
 def _check_starts(modes: dict, source: str, problems: list[str]) -> None:

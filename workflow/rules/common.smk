@@ -6,10 +6,10 @@ import shlex
 import sys
 
 from ombrl.config import load_study, mode_params, read_yaml
-from ombrl.data.collect import study_problems
 from ombrl.data.requests import behaviour_name
 from ombrl.errors import OmbrlError
 from ombrl.fingerprint import stage_fingerprint
+from ombrl.preflight import study_problems
 
 STUDY_SOURCE = ", ".join(map(str, workflow.configfiles)) or "config"
 try:
@@ -18,10 +18,10 @@ try:
             study_file
         )  # Snakemake's own YAML loader keeps a duplicated key's last value
     STUDY = load_study(config, source=STUDY_SOURCE)
-    # What a collect job would refuse, said before any job runs.
-    collect_problems = study_problems(STUDY["datasets"], STUDY_SOURCE)
-    if collect_problems:
-        raise OmbrlError("\n".join(collect_problems))
+    # What a collect or planner job would refuse, said before any job runs.
+    job_problems = study_problems(STUDY, STUDY_SOURCE)
+    if job_problems:
+        raise OmbrlError("\n".join(job_problems))
 except OmbrlError as error:
     sys.exit(f"ombrl: error: {error}".replace("\n", "\nombrl: error: "))
 

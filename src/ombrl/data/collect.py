@@ -52,12 +52,12 @@ def mujoco_env_ids() -> tuple[str, ...]:
     )
 
 
-def study_problems(datasets: dict, source: str) -> list[str]:
+def collect_problems(datasets: dict, source: str) -> list[str]:
     """What `collect` would refuse in a study's `datasets:` (an env it cannot collect from,
     a behaviour policy the env has no controller for), one line each, before any job runs.
 
-    Called by `check-config` and the workflow's load, not by `ombrl.config.load_study`: a
-    stage that loads configs must not import this module (its code fingerprint would grow).
+    Called through `ombrl.preflight`, not by `ombrl.config.load_study`: a stage that loads
+    configs must not import this module (its code fingerprint would grow).
     """
     problems = []
     for name, spec in datasets.items():

@@ -18,6 +18,7 @@ import yaml
 
 from ombrl.config import read_yaml
 from ombrl.errors import OmbrlError
+from ombrl.methods import method_spec
 from ombrl.planning.propagation import check_types
 
 PRESET_DIR = Path("config") / "pets"
@@ -231,3 +232,25 @@ def entry_settings(entry: dict, env_id: str, members: int) -> PetsConfig:
         return load_pets_config(path, (), [*chosen, ("num_models", str(members))])
     except OmbrlError as error:
         raise OmbrlError(f"pets with {members} elite(s): {error}") from None
+
+
+def planner_problems(modes: dict, ensembles: dict, source: str) -> list[str]:
+    """What an offline planner job (`pets`) of a loaded study would refuse: its preset and
+    settings against its ensemble config's elites (trajectory sampling's particles, P or PE
+    from a deterministic ensemble), one line each (`ombrl.preflight`)."""
+    problems = []
+    for name, entry in modes.items():
+        if method_spec(entry["method"]).progress is not None:
+            continue
+        ensemble, where = ensembles[entry["ensemble"]], f"{source}: modes.{name}"
+        try:
+            settings = entry_settings(entry, "", ensemble["num_elites"])
+        except OmbrlError as error:
+            problems.append(f"{where}: {error}")
+            continue
+        if settings.model_type.startswith("P") and not ensemble["probabilistic"]:
+            problems.append(
+                f"{where}: model_type {settings.model_type} needs a probabilistic ensemble "
+                f"({entry['ensemble']} is deterministic)"
+            )
+    return problems
