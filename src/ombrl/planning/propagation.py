@@ -82,6 +82,19 @@ def single_member(ensemble: DynamicsEnsemble, member: int) -> DynamicsEnsemble:
     return one.to(ensemble.input_mean.device).eval()
 
 
+def check_model_source(model_type: str, probabilistic: bool, name: str) -> None:
+    """P and PE plan with predicted variances: refuse them from a deterministic ensemble
+    (`name` says which, in the message).
+
+    Raises:
+        OmbrlError: P or PE with `probabilistic` false.
+    """
+    if model_type.startswith("P") and not probabilistic:
+        raise OmbrlError(
+            f"model_type {model_type} needs a probabilistic ensemble ({name} is deterministic)"
+        )
+
+
 def planning_model(ensemble: DynamicsEnsemble, model_type: str) -> DynamicsEnsemble:
     """The network(s) a model type plans with (see the module docstring).
 
@@ -90,10 +103,7 @@ def planning_model(ensemble: DynamicsEnsemble, model_type: str) -> DynamicsEnsem
     """
     if model_type not in MODEL_TYPES:
         raise OmbrlError(f"model_type: {model_type!r} is not one of {', '.join(MODEL_TYPES)}")
-    if model_type.startswith("P") and not ensemble.probabilistic:
-        raise OmbrlError(
-            f"model_type {model_type} needs a probabilistic ensemble (this one is deterministic)"
-        )
+    check_model_source(model_type, ensemble.probabilistic, "this one")
     if len(model_type) == 1:
         return single_member(ensemble, ensemble.elites[0])
     return ensemble

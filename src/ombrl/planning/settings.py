@@ -19,7 +19,7 @@ import yaml
 from ombrl.config import read_yaml
 from ombrl.errors import OmbrlError
 from ombrl.methods import method_spec
-from ombrl.planning.propagation import check_types
+from ombrl.planning.propagation import check_model_source, check_types
 
 PRESET_DIR = Path("config") / "pets"
 OPT_TYPES = ("CEM", "Random")
@@ -243,14 +243,9 @@ def planner_problems(modes: dict, ensembles: dict, source: str) -> list[str]:
         if method_spec(entry["method"]).progress is not None:
             continue
         ensemble, where = ensembles[entry["ensemble"]], f"{source}: modes.{name}"
-        try:
+        try:  # a study always names its preset: no env's own preset is looked up
             settings = entry_settings(entry, "", ensemble["num_elites"])
+            check_model_source(settings.model_type, ensemble["probabilistic"], entry["ensemble"])
         except OmbrlError as error:
             problems.append(f"{where}: {error}")
-            continue
-        if settings.model_type.startswith("P") and not ensemble["probabilistic"]:
-            problems.append(
-                f"{where}: model_type {settings.model_type} needs a probabilistic ensemble "
-                f"({entry['ensemble']} is deterministic)"
-            )
     return problems
