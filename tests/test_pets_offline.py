@@ -112,6 +112,20 @@ def test_a_pets_job_scores_one_evaluation_and_records_what_it_planned_with(train
     assert (act(start) == fresh.agent(ENV, 5).act(start)).all()
 
 
+def test_render_plans_with_the_particles_it_is_given(trained, tmp_path, capsys):
+    _, ensemble = trained  # 2 elites
+    command = ["render", "--ensemble", str(ensemble), "--env", ENV, "--max-steps", "2",
+               "--width", "16", "--height", "16"]  # fmt: skip
+    assert main([*command, "--particles", "3", "--output", str(tmp_path / "a.gif")]) == 2
+    assert "pets with 2 elite(s): particles: 3 must be a multiple" in capsys.readouterr().err
+    assert not (tmp_path / "a.gif").exists()
+    assert main([*command, "--particles", "6", "--output", str(tmp_path / "b.gif")]) == 0
+    assert "3 frames of InvertedPendulum-v5, 2 steps" in capsys.readouterr().out
+    policy_too = ["render", "--policy", str(ensemble), "--particles", "6", "--output", "c.gif"]
+    assert main(policy_too) == 2
+    assert "the planner's settings are the policy folder's" in capsys.readouterr().err
+
+
 def another_tasks_ensemble(folder: Path) -> Path:
     """An ensemble of Hopper's dimensions (11 observations, 3 actions), no dataset recorded."""
     model = DynamicsEnsemble(11, 3, [8], 2, True, "swish", False)

@@ -385,7 +385,9 @@ def cmd_render(args: argparse.Namespace) -> None:
         raise OmbrlError("render: give --policy DIR (a policy job's folder) or --ensemble DIR")
     if args.ensemble is not None and args.env is None:
         raise OmbrlError("render --ensemble: --env ENV_ID names the task to plan for")
-    if args.policy is not None and (args.controller_args or args.preset):
+    if args.policy is not None and (
+        args.controller_args or args.preset or args.particles is not None
+    ):
         raise OmbrlError("render --policy: the planner's settings are the policy folder's")
     output = Path(args.output)
     check_output(output)
@@ -395,6 +397,7 @@ def cmd_render(args: argparse.Namespace) -> None:
         make_act, env_id = policy_actor(Path(args.policy), device, args.seed)
     else:
         settings = {"preset": args.preset or "small", **dict.fromkeys(ENTRY_KEYS)}
+        settings["particles"] = args.particles
         for name, value in args.controller_args or []:
             if name not in CONTROLLER_ARGS:
                 raise OmbrlError(f"-ca {name}: unknown (known: {', '.join(CONTROLLER_ARGS)})")
@@ -421,6 +424,12 @@ def _add_render_parser(sub) -> None:
     p.add_argument("--env", type=_env_id, help="with --ensemble: the task to plan for")
     p.add_argument("--preset", help="with --ensemble: config/pets/NAME.yaml or a path (small)")
     _add_controller_args(p)
+    p.add_argument(
+        "--particles",
+        type=_at_least(1),
+        help="with --ensemble: particles per candidate, a multiple of the elites for TS1 and "
+        "TSinf (the preset's)",
+    )
     p.add_argument("--output", required=True, help="video file: .mp4 or .gif")
     p.add_argument(
         "--max-steps", type=_at_least(1), help="end after N steps (default: the env's limit)"
