@@ -112,6 +112,7 @@ def test_a_pets_job_scores_one_evaluation_and_records_what_it_planned_with(train
     assert (act(start) == fresh.agent(ENV, 5).act(start)).all()
 
 
+@pytest.mark.slow
 def test_render_plans_with_the_particles_it_is_given(trained, tmp_path, capsys):
     _, ensemble = trained  # 2 elites
     command = ["render", "--ensemble", str(ensemble), "--env", ENV, "--max-steps", "2",
@@ -121,7 +122,8 @@ def test_render_plans_with_the_particles_it_is_given(trained, tmp_path, capsys):
     assert not (tmp_path / "a.gif").exists()
     assert main([*command, "--particles", "6", "--output", str(tmp_path / "b.gif")]) == 0
     assert "3 frames of InvertedPendulum-v5, 2 steps" in capsys.readouterr().out
-    policy_too = ["render", "--policy", str(ensemble), "--particles", "6", "--output", "c.gif"]
+    policy_too = ["render", "--policy", str(ensemble), "--particles", "6",
+                  "--output", str(tmp_path / "c.gif")]  # fmt: skip
     assert main(policy_too) == 2
     assert "the planner's settings are the policy folder's" in capsys.readouterr().err
 

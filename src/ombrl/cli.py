@@ -396,8 +396,11 @@ def cmd_render(args: argparse.Namespace) -> None:
     if args.policy is not None:
         make_act, env_id = policy_actor(Path(args.policy), device, args.seed)
     else:
-        settings = {"preset": args.preset or "small", **dict.fromkeys(ENTRY_KEYS)}
-        settings["particles"] = args.particles
+        settings = {
+            "preset": args.preset or "small",
+            **dict.fromkeys(ENTRY_KEYS),
+            "particles": args.particles,
+        }
         for name, value in args.controller_args or []:
             if name not in CONTROLLER_ARGS:
                 raise OmbrlError(f"-ca {name}: unknown (known: {', '.join(CONTROLLER_ARGS)})")

@@ -18,8 +18,13 @@ def study_problems(study: dict, source: str) -> list[str]:
     from ombrl.data.collect import collect_problems
 
     problems = collect_problems(study["datasets"], source)
-    if any(method_spec(entry["method"]).progress is None for entry in study["modes"].values()):
+    planners = {
+        name: entry
+        for name, entry in study["modes"].items()
+        if method_spec(entry["method"]).progress is None  # trains nothing: plans
+    }
+    if planners:
         from ombrl.planning.settings import planner_problems  # imports torch: planners only
 
-        problems += planner_problems(study["modes"], study["ensembles"], source)
+        problems += planner_problems(planners, study["ensembles"], source)
     return problems

@@ -18,7 +18,6 @@ import yaml
 
 from ombrl.config import read_yaml
 from ombrl.errors import OmbrlError
-from ombrl.methods import method_spec
 from ombrl.planning.propagation import check_model_source, check_types
 
 PRESET_DIR = Path("config") / "pets"
@@ -234,14 +233,12 @@ def entry_settings(entry: dict, env_id: str, members: int) -> PetsConfig:
         raise OmbrlError(f"pets with {members} elite(s): {error}") from None
 
 
-def planner_problems(modes: dict, ensembles: dict, source: str) -> list[str]:
-    """What an offline planner job (`pets`) of a loaded study would refuse: its preset and
-    settings against its ensemble config's elites (trajectory sampling's particles, P or PE
-    from a deterministic ensemble), one line each (`ombrl.preflight`)."""
+def planner_problems(planners: dict, ensembles: dict, source: str) -> list[str]:
+    """What a loaded study's offline planner entries (`pets`, chosen by `ombrl.preflight`)
+    would refuse: each one's preset and settings against its ensemble config's elites
+    (trajectory sampling's particles, P or PE from a deterministic ensemble), one line each."""
     problems = []
-    for name, entry in modes.items():
-        if method_spec(entry["method"]).progress is not None:
-            continue
+    for name, entry in planners.items():
         ensemble, where = ensembles[entry["ensemble"]], f"{source}: modes.{name}"
         try:  # a study always names its preset: no env's own preset is looked up
             settings = entry_settings(entry, "", ensemble["num_elites"])
