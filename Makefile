@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: study test test-quick test-cluster lint clean-venv render-deps
+.PHONY: study test test-quick test-cluster lint docs clean-venv render-deps
 
 $(BIN)/ombrl: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +37,15 @@ render-deps:
 	@ldconfig -p | grep -q libOSMesa.so || { apt-get update -qq && apt-get install -y -qq libosmesa6; }
 
 lint: $(BIN)/ombrl
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs/_hooks
+	$(BIN)/ruff format --check src tests benchmarks docs/_hooks
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint
+
+# The documentation site in site/ (not committed), --strict: a broken link or anchor, a page
+# naming a config key or flag ombrl does not have, or an invalid YAML study snippet fails it.
+# The reference pages are generated from the code (docs/_hooks/reference.py).
+docs: $(BIN)/ombrl
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean-venv:
 	rm -rf $(VENV)
