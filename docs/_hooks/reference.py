@@ -347,28 +347,35 @@ def _entry_keys() -> set[str]:
     return keys
 
 
+def _props(schema: dict) -> dict:
+    """The properties a (sub)schema allows, its `allOf` parts' included."""
+    props: dict = {}
+    for part in schema.get("allOf", []):
+        props.update(_props(_def(part)))
+    props.update(schema.get("properties", {}))
+    return props
+
+
 def resolve_path(path: str) -> str | None:
     """None when the dotted config path exists, else what is wrong."""
     parts = path.split(".")
-    schema: dict = SCHEMA
+    schema: dict | None = SCHEMA
     for i, part in enumerate(parts):
         name_slot = part.startswith("<") or part == "*"
         at = ".".join(parts[: i + 1])
         if schema is None:
             return f"{at}: below a value that has no keys"
-        if schema is SCHEMA["$defs"]["mode_entry"]:
-            if name_slot:
-                return None
-            if part not in _entry_keys():
+        if schema.get("$ref") == "#/$defs/mode_entry":  # a method's keys, whichever method
+            if not name_slot and part not in _entry_keys():
                 return f"{at}: no method of a modes entry has the key {part!r}"
             schema = None
             continue
-        props = section_properties(_def(schema))
+        props = _props(_def(schema))
         if part in props and not name_slot:
-            schema = _def(props[part])
+            schema = props[part]
         elif isinstance(schema.get("additionalProperties"), dict):
-            schema = _def(schema["additionalProperties"])
-        elif name_slot and schema.get("additionalProperties") is not False:
+            schema = schema["additionalProperties"]
+        elif name_slot and _def(schema).get("additionalProperties") is not False:
             schema = {}
         else:
             known = ", ".join(sorted(props))
