@@ -3,6 +3,7 @@ hold the hand-written pages to the code (docs/_hooks/reference.py)."""
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,13 @@ def test_a_page_may_name_another_tools_flags_and_keys():
     page = "<!-- not ombrl's: --profile gpu -->\nUse `--profile slurm`; set `gpu: 1`.\n"
     assert reference.check_page(page, "slurm.md") == []
     assert len(reference.check_page(page.split("\n", 1)[1], "slurm.md")) == 2
+
+
+def test_the_readme_is_short_checked_and_links_existing_pages():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    assert reference.check_page(readme, "README.md") == []
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme):
+        assert (ROOT / target).is_file(), target
+    for command in ("make study", "make test", "make test-cluster", "make docs"):
+        assert command in readme  # .ci/run runs the README's test commands
