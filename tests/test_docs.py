@@ -94,7 +94,8 @@ def test_the_schema_has_no_stray_keywords_and_a_cut_description_is_found():
 GOOD_PAGE = """# A page
 
 Set `evaluation.seed` or `modes.<entry>.penalty_lambda`; `snapshot: nll` keeps another epoch;
-`{source: generate, env: Hopper-v5, quality: medium}`; `--drop-nonfinite` drops episodes.
+`{source: generate, env: Hopper-v5, quality: medium}`; `--drop-nonfinite` drops episodes;
+`{max_norm, max_var}` is a set of names, not a mapping.
 `ombrl scores --last-k 5` and `ombrl: error: study.yaml: modes.bc.stepz: unknown key` (output).
 
 ```yaml

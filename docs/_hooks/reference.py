@@ -517,9 +517,9 @@ def check_span(span: str, foreign: set[str]) -> list[str]:
             data = yaml.safe_load(span if span.startswith("{") else "{" + span + "}")
         except yaml.YAMLError:
             return []
-        if not isinstance(data, dict):
-            return []
-        if data and all(key in SCHEMA["properties"] for key in data):
+        if not isinstance(data, dict) or all(value is None for value in data.values()):
+            return []  # not a mapping of keys to values (a set, `{a, b}`)
+        if all(key in SCHEMA["properties"] for key in data):
             return check_snippet(data, span)
         keys = _all_keys()
         problems = []
