@@ -108,6 +108,7 @@ ombrl check-config config/config.yaml
 ombrl train-policy --dataset d.hdf5 --mode aleatoric-penalty --ensemble ens/ \\
     --params penalty_lambda=2 --output pol/
 ombrl render --policy DIR --output episode.mp4 [--seed 0]
+ombrl pets --env ENV -ca prop-type TS1 -o horizon 15 --output out/
 ```
 """
 
@@ -132,6 +133,8 @@ def test_a_page_that_matches_the_code_passes():
             "--output p/\n```\n",
             ["bad.md:3: --params stepz: unknown key"],
         ),
+        ("`ombrl pets --env ENV -o plan_hor 30`\n", ["bad.md:1: -o plan_hor: not one of"]),
+        ("`ombrl pets --env ENV -ca model_type PE`\n", ["bad.md:1: -ca model_type: not one of"]),
         ("```yaml\nscores:\n  last_k: 0\n```\n", ["bad.md:2: scores.last_k: 0 is less than"]),
         ("```yaml\nscore:\n  last_k: 5\n```\n", ["bad.md:2: score: unknown top-level key"]),
         (

@@ -448,9 +448,26 @@ def check_flags(words: list[str], foreign: set[str]) -> list[str]:
     ]
 
 
+def check_preset_keys(rest: list[str]) -> list[str]:
+    """Problems of `ombrl pets`/`render`'s `-o KEY VALUE` and `-ca NAME VALUE` names, against
+    the PETS preset's keys and upstream's controller arguments."""
+    from ombrl.planning.settings import CONTROLLER_ARGS, KEYS
+
+    problems = []
+    for flag, known in (("-o", KEYS), ("-ca", list(CONTROLLER_ARGS))):
+        for i, word in enumerate(rest[:-1]):
+            name = rest[i + 1]
+            if word == flag and name not in known and not PLACEHOLDER.search(name):
+                problems.append(f"{flag} {name}: not one of {', '.join(known)}")
+    return problems
+
+
 def check_params(words: list[str]) -> list[str]:
-    """Problems of a line's `--params key=value` keys, against its verb's schema section."""
+    """Problems of a line's `--params key=value` keys, against its verb's schema section (and
+    of its PETS preset keys)."""
     parser, rest, name = _verb(words)
+    if name in ("ombrl pets", "ombrl render"):
+        return check_preset_keys(rest)
     if parser is None or "--params" not in rest:
         return []
     if name == "ombrl behaviour":
