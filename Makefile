@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: study test test-quick test-cluster lint clean-venv render-deps
+.PHONY: study test test-quick test-cluster lint clean-venv
 
 $(BIN)/ombrl: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,10 @@ $(BIN)/ombrl: pyproject.toml requirements.lock
 study: $(BIN)/ombrl
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
 
-test: $(BIN)/ombrl render-deps
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m "not slurm"
+# The whole suite on both cores (pytest-xdist; tests sharing one expensive fixture run in one
+# worker, `--dist loadgroup`). Without OSMesa the render tests are skipped with the reason.
+test: $(BIN)/ombrl
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -n $(CORES) --dist loadgroup -m "not slurm"
 
 # The quick loop while editing: the unit tests alone (about a minute), no workflow runs,
 # CLI subprocesses or learning runs (those are marked slow; `make test` runs them too).
@@ -30,11 +32,6 @@ test-cluster: $(BIN)/ombrl
 	scripts/cluster-up.sh
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -m slurm; status=$$?; \
 	scripts/cluster-down.sh; exit $$status
-
-# Offscreen rendering (`ombrl render` and its test) with MUJOCO_GL=osmesa needs Debian's
-# OSMesa (root, apt); nothing to do where it is installed.
-render-deps:
-	@ldconfig -p | grep -q libOSMesa.so || { apt-get update -qq && apt-get install -y -qq libosmesa6; }
 
 lint: $(BIN)/ombrl
 	$(BIN)/ruff check src tests benchmarks
