@@ -1,4 +1,5 @@
 # Study loading, target lists and input functions shared by the rule files.
+import functools
 import json
 import os
 import re
@@ -35,9 +36,12 @@ SEEDS = STUDY["seeds"]
 MODES = STUDY["modes"]
 
 
+@functools.cache
 def code(stage, method=None):
     """Fingerprint of the library code a job of `stage` (running `method`) imports, read from
-    the imports (ombrl.fingerprint): editing that code reruns exactly those jobs."""
+    the imports (ombrl.fingerprint): editing that code reruns exactly those jobs. Computed once
+    per (stage, method) and workflow run: the source does not change while the DAG is built,
+    and reading the imports for each of a large study's jobs took most of its dry run."""
     return stage_fingerprint(stage, method)
 
 
