@@ -40,7 +40,7 @@ MODES = STUDY["modes"]
 def code(stage, method=None):
     """Fingerprint of the library code a job of `stage` (running `method`) imports, read from
     the imports (ombrl.fingerprint): editing that code reruns exactly those jobs. Computed once
-    per (stage, method) and workflow run, not per job (the source does not change meanwhile)."""
+    per (stage, method) and run, not per job: the source does not change meanwhile."""
     return stage_fingerprint(stage, method)
 
 
