@@ -114,6 +114,19 @@ def ensemble_of(dataset, mode):
     return mode_params(STUDY, dataset, mode).get("ensemble")
 
 
+# Job priorities (with more jobs ready than cores, Snakemake starts the highest first): the jobs
+# others wait for, then the policies that waited for an ensemble (the long ones), then the rest
+# (bc, model-free policies, scores, figures). With 2 cores this starts the long chains
+# (dataset, ensemble, model-based policy) early and lets the short jobs fill both cores at the
+# end, instead of one long job running alone. Priorities never rerun a job.
+FIRST, SECOND = 3, 2
+
+
+def policy_priority(w):
+    """1 for a policy that trains on an ensemble's model (it waited for it), else 0."""
+    return int(ensemble_of(w.dataset, w.mode) is not None)
+
+
 def policy_inputs(w):
     inputs = {"dataset": dataset_file(w.dataset), "tracking": ancient(TRACKING_MARKER)}
     ensemble = ensemble_of(w.dataset, w.mode)
