@@ -7,9 +7,21 @@ from pathlib import Path
 import pytest
 from study_runner import copy_workflow, scheduled, snakemake
 
+from ombrl import plan as planner
+from ombrl.cli import main
 from ombrl.config import load_study, read_yaml
 from ombrl.methods import METHODS
-from ombrl.plan import UNITS, Pricer, calibrate, dry_run_jobs, format_plan, plan
+from ombrl.plan import (
+    UNITS,
+    Pricer,
+    RulePlan,
+    calibrate,
+    dry_run_jobs,
+    format_plan,
+    is_current,
+    plan,
+)
+from ombrl.runtime import code_version
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +142,41 @@ def test_calibration_is_quick_and_scales_with_size(tmp_path):
     assert cpu_seconds() - start < 20
     units = json.loads((tmp_path / "cal.json").read_text())["units"]
     assert units == document["units"]
+    assert document["code_version"] == code_version() and is_current(tmp_path / "cal.json")
     assert set(units) == {*UNITS, "startup"}
     for name in ("ensemble_step", "sac_update", "bc_update", "model_step"):
         assert units[name]["per_flop_s"] > 0, name
     assert 0.1 < units["startup"]["overhead_s"] < 60
+
+
+def test_the_first_plan_calibrates_itself_once_per_code_version(tmp_path, monkeypatch, capsys):
+    measured = []
+
+    def fake_calibrate(path: Path, budget: float = 0.3) -> dict:
+        measured.append(path)
+        document = {
+            "code_version": code_version(),
+            "units": {"startup": {"overhead_s": 1.0, "per_flop_s": 0.0}},
+        }
+        path.write_text(json.dumps(document))
+        return document
+
+    monkeypatch.setattr(planner, "calibrate", fake_calibrate)
+    monkeypatch.setattr(planner, "plan", lambda *args, **kwargs: [RulePlan("all", 1, 0.0, 0.0)])
+    cal = tmp_path / "cache" / "calibration.json"
+    cal.parent.mkdir()
+    command = ["plan", "--configfile", "study.yaml", "--calibration", str(cal)]
+
+    assert main(command) == 0  # first use: calibrates, says so and how long it took, plans
+    out = capsys.readouterr().out
+    assert out.startswith("calibrated this machine (none yet for this code version) in ")
+    assert "plan of study.yaml" in out and measured == [cal]
+    assert main(command) == 0  # cached: plans at once
+    assert "calibrated" not in capsys.readouterr().out and measured == [cal]
+    # Made by other library code: stale, calibrated again.
+    cal.write_text(json.dumps({"code_version": "0.1.0+000000000000", "units": {}}))
+    assert not is_current(cal)
+    assert main(command) == 0 and len(measured) == 2
+    # --calibrate forces a new one even where the cached one is current.
+    assert main([*command, "--calibrate"]) == 0 and len(measured) == 3
+    assert "calibrated this machine in " in capsys.readouterr().out

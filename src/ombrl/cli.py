@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -297,17 +298,24 @@ def cmd_check_config(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from ombrl.plan import DEFAULT_CALIBRATION, calibrate, format_calibration, format_plan, plan
+    from ombrl import plan as planner
+    from ombrl.plan import DEFAULT_CALIBRATION, format_calibration, format_plan
 
     calibration = Path(args.calibration) if args.calibration else DEFAULT_CALIBRATION
-    if args.calibrate:
-        print(format_calibration(calibrate(calibration)["units"], calibration))
+    if not (args.configfile or args.calibrate):
+        raise OmbrlError("plan: give --configfile STUDY (and/or --calibrate)")
+    # First use, or a changed library: calibrate once, say so, and keep it for the next plans.
+    if args.calibrate or not planner.is_current(calibration):
+        why = "" if args.calibrate else " (none yet for this code version)"
+        start = time.perf_counter()
+        units = planner.calibrate(calibration)["units"]
+        print(f"calibrated this machine{why} in {time.perf_counter() - start:.0f} s")
+        if args.calibrate:
+            print(format_calibration(units, calibration))
     if args.configfile:
         extra = shlex.split(args.snakemake_args or "")
-        rows = plan(Path(args.configfile), calibration, extra=extra)
+        rows = planner.plan(Path(args.configfile), calibration, extra=extra)
         print(format_plan(rows, Path(args.configfile)))
-    elif not args.calibrate:
-        raise OmbrlError("plan: give --configfile STUDY (and/or --calibrate)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -757,7 +765,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calibrate",
         action="store_true",
-        help="measure the per-unit costs on this machine first (about 15 s)",
+        help="measure the per-unit costs on this machine again (about 15 s; the first plan, "
+        "and the first after a library change, calibrate themselves)",
     )
     p.add_argument(
         "--calibration", help="calibration JSON (default: ~/.cache/ombrl/calibration.json)"

@@ -199,12 +199,15 @@ def _startup() -> float:
 
 
 def calibrate(path: Path = DEFAULT_CALIBRATION, budget: float = 0.3) -> dict:
-    """Measure the per-unit costs on this machine (one torch thread) and store them as JSON.
+    """Measure the per-unit costs on this machine (one torch thread) and store them as JSON,
+    with the code version that measured them (`is_current` then tells a changed library).
 
     Each unit runs for about `budget` CPU seconds at each of its two sizes (about 10 budgets
     in all, plus a few seconds of process start-up).
     """
     import torch
+
+    from ombrl.runtime import code_version
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -220,10 +223,28 @@ def calibrate(path: Path = DEFAULT_CALIBRATION, budget: float = 0.3) -> dict:
         }
     finally:
         torch.set_num_threads(threads)
-    document = {"machine": os.uname().nodename, "threads": 1, "units": figures}
+    document = {
+        "machine": os.uname().nodename,
+        "threads": 1,
+        "code_version": code_version(),
+        "units": figures,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     return document
+
+
+def is_current(path: Path = DEFAULT_CALIBRATION) -> bool:
+    """Whether `path` holds a calibration made by this code version: `ombrl plan` calibrates
+    itself where it does not (none yet, unreadable, or made by other library code, whose
+    costs may differ)."""
+    from ombrl.runtime import code_version
+
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(document, dict) and document.get("code_version") == code_version()
 
 
 def load_calibration(path: Path = DEFAULT_CALIBRATION) -> dict:

@@ -1,4 +1,5 @@
 # Study loading, target lists and input functions shared by the rule files.
+import functools
 import json
 import os
 import re
@@ -35,9 +36,11 @@ SEEDS = STUDY["seeds"]
 MODES = STUDY["modes"]
 
 
+@functools.cache
 def code(stage, method=None):
     """Fingerprint of the library code a job of `stage` (running `method`) imports, read from
-    the imports (ombrl.fingerprint): editing that code reruns exactly those jobs."""
+    the imports (ombrl.fingerprint): editing that code reruns exactly those jobs. Computed once
+    per (stage, method) and run, not per job: the source does not change meanwhile."""
     return stage_fingerprint(stage, method)
 
 
@@ -109,6 +112,19 @@ def datasets_from(source):
 def ensemble_of(dataset, mode):
     """The ensemble entry `mode` uses on `dataset` (overrides may change it), or None."""
     return mode_params(STUDY, dataset, mode).get("ensemble")
+
+
+# Job priorities (with more jobs ready than cores, Snakemake starts the highest first): the jobs
+# others wait for, then the policies that waited for an ensemble (the long ones), then the rest
+# (bc, model-free policies, scores, figures). With 2 cores this starts the long chains
+# (dataset, ensemble, model-based policy) early and lets the short jobs fill both cores at the
+# end, instead of one long job running alone. Priorities never rerun a job.
+FIRST, SECOND = 3, 2
+
+
+def policy_priority(w):
+    """1 for a policy that trains on an ensemble's model (it waited for it), else 0."""
+    return int(ensemble_of(w.dataset, w.mode) is not None)
 
 
 def policy_inputs(w):

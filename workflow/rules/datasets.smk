@@ -13,6 +13,7 @@ rule download_dataset:
         "logs/datasets/{dataset}.log",
     wildcard_constraints:
         dataset=names_pattern(datasets_from("d4rl")),
+    priority: FIRST
     conda:
         "../../envs/ombrl.yaml"
     params:
@@ -28,6 +29,7 @@ rule collect_dataset:
         "logs/datasets/{dataset}.log",
     wildcard_constraints:
         dataset=names_pattern(datasets_from("collect")),
+    priority: FIRST
     conda:
         "../../envs/ombrl.yaml"
     params:
@@ -52,6 +54,7 @@ rule behaviour:
         behaviour=names_pattern(
             {behaviour_name(DATASETS[d]) for d in datasets_from("generate")}
         ),
+    priority: FIRST
     conda:
         "../../envs/ombrl.yaml"
     threads: 1
@@ -74,6 +77,7 @@ rule generate_dataset:
         "logs/datasets/{dataset}.log",
     wildcard_constraints:
         dataset=names_pattern(datasets_from("generate")),
+    priority: FIRST
     conda:
         "../../envs/ombrl.yaml"
     params:

@@ -11,6 +11,7 @@ rule train_ensemble:
         metrics="results/{dataset}/ensembles/{ensemble}/seed{seed}/metrics.csv",
     log:
         "logs/{dataset}/ensembles/{ensemble}/seed{seed}.log",
+    priority: SECOND
     conda:
         "../../envs/ombrl.yaml"
     threads: STUDY["threads"]

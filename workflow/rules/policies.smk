@@ -12,6 +12,7 @@ rule train_policy:
         evaluation="results/{dataset}/policies/{mode}/seed{seed}/eval.json",
     log:
         "logs/{dataset}/policies/{mode}/seed{seed}.log",
+    priority: policy_priority
     conda:
         "../../envs/ombrl.yaml"
     threads: STUDY["threads"]

@@ -11,6 +11,7 @@ rule tracking_store:
         TRACKING_MARKER,
     log:
         "logs/tracking_store.log",
+    priority: FIRST
     conda:
         "../../envs/ombrl.yaml"
     shell:
