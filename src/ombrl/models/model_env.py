@@ -1,12 +1,15 @@
 """The learned MDP: batched branched rollouts, and the pessimism that makes them safe offline.
 
 Rollouts start from dataset states and run h steps of the current policy in the model, all
-samples in one batch (tens of thousands per call). Each sample draws a random elite member per
-step and, for a probabilistic ensemble, samples the next state from that member's Gaussian
-(MOPO / MBPO). The reward comes from the task function (or the model's reward head), either of
-the sampled member's transition (MOPO) or averaged over the elites (offline-model-based-rl).
+samples in one batch (tens of thousands per call). Each step draws a random member among the
+rollout's members (the elites or all networks), either one per sample (`per_sample`, MOPO /
+MBPO) or one for the whole batch (`per_step`, offline-model-based-rl's `get_prediction`), and
+for a probabilistic ensemble samples the next state from that member's Gaussian. The reward
+comes from the task function (or the model's reward head), either of the sampled member's
+transition (MOPO; offline-model-based-rl's partitioning modes) or averaged over the members
+(offline-model-based-rl's penalty modes).
 
-Pessimism (`Pessimism`) uses the uncertainty `u(s, a)` of the elites:
+Pessimism (`Pessimism`) uses the uncertainty `u(s, a)` of the same members:
 - `penalty`: `r - lambda * u` (MOPO with aleatoric u; epistemic-penalty with disagreement).
 - `partitioning` (MOReL's HALT): where `u > threshold` the transition is terminal, so SAC
   never bootstraps through it, and its reward is replaced by (or has added) `halt_penalty`,
@@ -47,6 +50,7 @@ from ombrl.tasks import RewardFn, TerminalFn
 HALTING_KINDS = ("partitioning", "survival", "exploration-penalty", "exploration-partitioning")
 PESSIMISM_KINDS = ("none", "penalty", *HALTING_KINDS)
 REWARD_SOURCES = ("sampled", "mean")
+MEMBER_DRAWS = ("per_sample", "per_step")
 HALT_REWARDS = ("replace", "add", "truncate")
 
 
@@ -100,12 +104,14 @@ def rollout(
     pessimism: Pessimism,
     reward_source: str,
     generator: torch.Generator,
+    member_draw: str = "per_sample",
 ) -> tuple[Batch, dict[str, float]]:
     """Roll the policy out in the model from `start_obs` for up to `length` steps.
 
     Args:
         predict: `(obs B x obs_dim, act B x act_dim) -> Prediction` with E x B tensors.
-        elites: member indices to sample the next state from and to measure `u` over.
+        elites: member indices to sample the next state from and to measure `u` over (the
+            elites, or every member).
         policy: `obs B x obs_dim -> act B x act_dim` (stochastic for exploration).
         start_obs: B x obs_dim start states.
         length: h, the rollout horizon.
@@ -113,8 +119,10 @@ def rollout(
         terminal_fn: `(s, a, s') -> B` bool, the task's termination.
         pessimism: penalty, partitioning or none, with resolved numbers.
         reward_source: `sampled` (the sampled member's transition) or `mean` (the mean over
-            the elites of each one's mean prediction).
+            `elites` of each one's mean prediction).
         generator: source of the member choice and the Gaussian noise.
+        member_draw: `per_sample` (each sample its own random member each step) or
+            `per_step` (one random member per step for the whole batch).
 
     Returns:
         The N <= B * h transitions (pessimistic rewards, terminal flags) and statistics:
@@ -125,6 +133,8 @@ def rollout(
     """
     if not elites:
         raise OmbrlError("rollout: the ensemble has no elite members")
+    if member_draw not in MEMBER_DRAWS:
+        raise OmbrlError(f"member_draw: {member_draw!r} is not one of {', '.join(MEMBER_DRAWS)}")
     if reward_source not in REWARD_SOURCES:
         raise OmbrlError(
             f"reward_source: {reward_source!r} is not one of {', '.join(REWARD_SOURCES)}"
@@ -139,7 +149,9 @@ def rollout(
         act = policy(obs)
         with torch.no_grad():
             pred = predict(obs, act)
-        member = elite_index[torch.randint(len(elites), (n,), generator=generator, device=device)]
+        draws = n if member_draw == "per_sample" else 1
+        pick = torch.randint(len(elites), (draws,), generator=generator, device=device)
+        member = elite_index[pick].expand(n)
         rows = torch.arange(n, device=device)
         next_obs = pred.next_obs_mean[member, rows]
         if pred.next_obs_var is not None:

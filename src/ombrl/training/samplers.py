@@ -22,6 +22,7 @@ from ombrl.errors import OmbrlError
 from ombrl.models.ensemble import DynamicsEnsemble
 from ombrl.models.model_env import Pessimism, rollout
 from ombrl.models.pessimism import RolloutConfig, resolved_numbers
+from ombrl.models.uncertainty import member_indices
 from ombrl.tasks import Task
 
 
@@ -53,7 +54,9 @@ class RealSampler:
 class RolloutSampler(RealSampler):
     """Model-based batches: real transitions mixed with a model buffer that every
     `rollout_every` updates receives a round of `rollout_batch` rollouts of the current policy
-    and keeps the last `model_retain_epochs` rounds.
+    and keeps the last `model_retain_epochs` rounds. Rollouts begun before update
+    `random_updates` act uniformly at random within `action_bounds` (offline-model-based-rl's
+    `random_steps`), not by the policy.
 
     Args:
         real: the dataset's transitions (also the rollouts' start states).
@@ -64,6 +67,8 @@ class RolloutSampler(RealSampler):
         rc: rollout settings.
         pessimism: resolved pessimism (see `resolve_pessimism`).
         policy: `obs B x obs_dim -> act B x act_dim` (stochastic).
+        action_bounds: low and high action (act_dim each), for the random start.
+        random_updates: updates before which rollouts act at random.
     """
 
     def __init__(
@@ -76,10 +81,15 @@ class RolloutSampler(RealSampler):
         rc: RolloutConfig,
         pessimism: Pessimism,
         policy: Callable[[Tensor], Tensor],
+        action_bounds: tuple[Tensor, Tensor],
+        random_updates: int = 0,
     ) -> None:
         super().__init__(real, batch_size, generator)
         self.ensemble, self.task, self.rc, self.policy = ensemble, task, rc, policy
         self.pessimism = pessimism
+        self.members = member_indices(ensemble, rc.members)
+        self.low, self.high = (b.to(real.device) for b in action_bounds)
+        self.random_updates = random_updates
         capacity = rc.model_retain_epochs * rc.rollout_batch * rc.rollout_length
         self.model = ReplayBuffer(capacity, real.obs.shape[1], real.act.shape[1], real.device)
         self.num_real = int(round(batch_size * rc.real_ratio))
@@ -92,8 +102,8 @@ class RolloutSampler(RealSampler):
             index = torch.randint(n, (rc.rollout_batch,), generator=g, device=device)
             transitions, stats = rollout(
                 self.ensemble.predict,
-                self.ensemble.elites,
-                self.policy,
+                self.members,
+                self.policy if update >= self.random_updates else self._random_policy,
                 self.real.obs[index],
                 rc.rollout_length,
                 None if self.ensemble.predict_reward else self.task.reward,
@@ -101,6 +111,7 @@ class RolloutSampler(RealSampler):
                 self.pessimism,
                 rc.reward_source,
                 g,
+                rc.member_draw,
             )
             self.model.add(transitions)
             self.stats = {**stats, **resolved_numbers(self.pessimism)}
@@ -110,6 +121,12 @@ class RolloutSampler(RealSampler):
         if self.batch_size > self.num_real:
             parts.append(self.model.sample(self.batch_size - self.num_real, g))
         return Batch.cat(parts), dict(self.stats)
+
+    def _random_policy(self, obs: Tensor) -> Tensor:
+        """Uniform random actions within the bounds, one row per observation."""
+        shape = (obs.shape[0], self.low.shape[0])
+        u = torch.rand(shape, generator=self.generator, device=obs.device)
+        return self.low + u * (self.high - self.low)
 
     def state(self) -> tuple[dict[str, Tensor], dict]:
         tensors, meta = super().state()
