@@ -15,16 +15,25 @@ epistemic and aleatoric uncertainty and the prediction's reward and done columns
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
+from ombrl.agents.buffer import Batch, ReplayBuffer
 from ombrl.agents.sac import SAC, SACConfig
-from ombrl.config import resolve_mode
+from ombrl.config import build, load_study, resolve_mode
 from ombrl.errors import OmbrlError
 from ombrl.models.ensemble import DynamicsEnsemble, Prediction
 from ombrl.models.model_env import Pessimism, rollout
+from ombrl.models.pessimism import RolloutConfig
 from ombrl.models.uncertainty import aleatoric, disagreement_scale, epistemic
+from ombrl.plan import UNITS, Pricer
+from ombrl.training.samplers import RolloutSampler
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DATA_OBS = np.array(
     [[0.1, 2.0], [0.4, -1.0], [-0.3, 0.5], [0.9, 3.5], [0.2, -2.5], [-0.6, 1.0]], np.float32
@@ -179,6 +188,8 @@ THESIS = {
     "members": "all",
     "member_draw": "per_step",
     "random_fraction": 0.025,
+    "rollout_scheme": "persistent",
+    "persistent_rollouts": 50,
     "scale": "obs_std",
 }
 
@@ -216,6 +227,7 @@ def test_mopo_keeps_mopos_settings() -> None:
         None,
         0.05,
     )
+    assert (cfg["rollout_scheme"], cfg["obs_norm"], cfg["random_fraction"]) == ("rounds", "none", 0)
 
 
 def test_the_old_scale_name_fails_naming_its_replacement() -> None:
@@ -225,3 +237,100 @@ def test_the_old_scale_name_fails_naming_its_replacement() -> None:
         "s.yaml: scale: 'normalized' was renamed; use target_std "
         "(offline-model-based-rl's units are obs_std)"
     )
+
+
+def persistent_sampler(random_updates: int = 0, **settings) -> RolloutSampler:
+    """A thesis-mode sampler on a 2-D toy: network m moves every state by m + 1 in x (no
+    terminal states), reward 0; its policy always acts 0.5."""
+    cfg = resolve_mode("epistemic-penalty", {"ensemble": "e", **settings}, "s.yaml")
+    model = DynamicsEnsemble(2, 1, [4], 3, False, "swish", False)
+    shift = torch.tensor([[[1.0, 0.0]], [[2.0, 0.0]], [[3.0, 0.0]]])
+    model.predict = lambda obs, act: Prediction(obs + shift, None, None, None)
+    task = SimpleNamespace(
+        reward=lambda s, a, s2: torch.zeros(len(s)),
+        terminal=lambda s, a, s2: torch.zeros(len(s), dtype=torch.bool),
+    )
+    real = ReplayBuffer(6, 2, 1, torch.device("cpu"))
+    obs = torch.as_tensor(DATA_OBS)
+    real.add(Batch(obs, torch.as_tensor(DATA_ACT), torch.zeros(6), obs, torch.zeros(6)))
+    return RolloutSampler(
+        real,
+        8,
+        torch.Generator().manual_seed(0),
+        model,
+        task,
+        build(RolloutConfig, cfg),
+        Pessimism("penalty", "epistemic", None, penalty_lambda=0.0),
+        lambda o: torch.full((len(o), 1), 0.5),
+        (torch.tensor([-1.0]), torch.tensor([1.0])),
+        random_updates,
+    )
+
+
+def test_persistent_rollouts_advance_one_step_per_update_into_a_fifo_buffer() -> None:
+    """Item 5: n rollouts, one step each per update, restarted after rollout_length steps."""
+    sampler = persistent_sampler(persistent_rollouts=4, rollout_length=3, model_buffer_size=14)
+    sizes, live = [], []
+    for update in range(4):
+        batch, stats = sampler(update)
+        sizes.append(len(sampler.model))
+        live.append(sampler.live_steps.tolist())
+        assert len(batch) == 8 and "rollout_uncertainty" in stats
+    assert sizes == [4, 8, 12, 14]  # 16 transitions made, the oldest 2 dropped
+    assert live == [[1] * 4, [2] * 4, [], [1] * 4]
+    # One network per step for all rollouts (per_step): one x shift per update. The ring's
+    # rows 12, 13, 0, 1 are the last update's, 2..11 the others' in order.
+    shift = (sampler.model.next_obs - sampler.model.obs)[:, 0]
+    moved = torch.stack([shift[[12, 13, 0, 1]], shift[4:8], shift[8:12]])
+    torch.testing.assert_close(moved, moved[:, :1].expand(-1, 4))
+    assert len(set(moved[:, 0].round().tolist())) > 1  # and different updates differ
+
+
+def test_persistent_rollouts_resume_where_they_were() -> None:
+    sampler = persistent_sampler(persistent_rollouts=4, rollout_length=5)
+    for update in range(2):
+        sampler(update)
+    tensors, meta = sampler.state()
+    resumed = persistent_sampler(persistent_rollouts=4, rollout_length=5)
+    resumed.restore(tensors, meta)
+    torch.testing.assert_close(resumed(2)[0].obs, sampler(2)[0].obs)
+
+
+def test_the_first_updates_act_at_random() -> None:
+    """Item 3: upstream's random_steps: rollouts of the first updates act uniformly."""
+    sampler = persistent_sampler(random_updates=2, persistent_rollouts=4, rollout_length=9)
+    for update in range(3):
+        sampler(update)
+    acts = sampler.model.act[: len(sampler.model), 0].view(3, 4)
+    assert (acts[:2] != 0.5).all() and (acts[:2].abs() <= 1).all()
+    assert (acts[2] == 0.5).all()
+
+
+def test_plan_prices_each_rollout_scheme(tmp_path) -> None:
+    """`ombrl plan`: persistent costs one model step per update; rounds, h per round."""
+    study = load_study(
+        {
+            "seeds": [0],
+            "datasets": {
+                "d": {
+                    "source": "collect",
+                    "env": "InvertedPendulum-v5",
+                    "policy": "random",
+                    "transitions": 100,
+                }
+            },
+            "ensembles": {"e": {"config": "pnn"}},
+            "modes": {
+                "thesis": {"method": "epistemic-penalty", "ensemble": "e", "steps": 300},
+                "mopo": {"ensemble": "e", "steps": 300, "rollout_every": 100, "rollout_length": 7},
+            },
+        },
+        "s.yaml",
+        root=ROOT,
+    )
+    units = {name: {"overhead_s": 0.0, "per_flop_s": 0.0} for name in [*UNITS, "startup"]}
+    units["model_step"]["overhead_s"] = 1.0
+    pricer = Pricer(study, units, tmp_path)
+    # +1: one pass over the dataset for the scale (obs_std reads no model, priced anyway).
+    assert pricer.policy("d", "thesis") == 300 + 1
+    assert pricer.policy("d", "mopo") == 3 * 7 + 1

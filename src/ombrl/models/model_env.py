@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -145,43 +146,25 @@ def rollout(
     parts: list[Batch] = []
     u_sum, terminated, halted = 0.0, 0, 0
     for _ in range(length):
-        n = obs.shape[0]
-        act = policy(obs)
-        with torch.no_grad():
-            pred = predict(obs, act)
-        draws = n if member_draw == "per_sample" else 1
-        pick = torch.randint(len(elites), (draws,), generator=generator, device=device)
-        member = elite_index[pick].expand(n)
-        rows = torch.arange(n, device=device)
-        next_obs = pred.next_obs_mean[member, rows]
-        if pred.next_obs_var is not None:
-            noise = torch.randn(next_obs.shape, generator=generator, device=device)
-            next_obs = next_obs + pred.next_obs_var[member, rows].sqrt() * noise
-        if reward_source == "sampled":
-            rew = _sampled_reward(pred, member, rows, obs, act, next_obs, reward_fn, generator)
-        else:
-            rew = _mean_reward(pred, elite_index, obs, act, reward_fn)
-        terminal = terminal_fn(obs, act, next_obs)
-        halt = torch.zeros_like(terminal)
-        u = None
-        if pessimism.kind != "none":
-            u = uncertainty(pred, pessimism.uncertainty, pessimism.scale, elites)
-        if pessimism.kind == "penalty":
-            rew = rew - pessimism.penalty_lambda * u
-        elif pessimism.kind in HALTING_KINDS:
-            halt = u > pessimism.threshold
-            rew = halting_reward(rew, u, halt, pessimism)
-            terminal = terminal | halt
-        valid = torch.isfinite(next_obs).all(dim=-1) & torch.isfinite(rew)
-        if u is not None:
-            u_sum += float(u[valid].sum())
-        parts.append(
-            Batch(obs[valid], act[valid], rew[valid], next_obs[valid], terminal[valid].float())
+        step = model_step(
+            predict,
+            elite_index,
+            obs,
+            policy(obs),
+            reward_fn,
+            terminal_fn,
+            pessimism,
+            reward_source,
+            generator,
+            member_draw,
         )
-        alive = valid & ~terminal
+        valid, terminal = step.valid, step.batch.terminal.bool()
+        if step.u is not None:
+            u_sum += float(step.u[valid].sum())
+        parts.append(step.batch.select(valid))
         terminated += int((valid & terminal).sum())
-        halted += int((valid & halt).sum())
-        obs = next_obs[alive]
+        halted += int((valid & step.halt).sum())
+        obs = step.batch.next_obs[valid & ~terminal]
         if obs.shape[0] == 0:
             break
     batch = Batch.cat(parts)
@@ -196,6 +179,59 @@ def rollout(
     if pessimism.kind in HALTING_KINDS:
         stats["rollout_halted"] = halted / b
     return batch, stats
+
+
+class Step(NamedTuple):
+    """One model step of B samples, every row kept (see `valid`)."""
+
+    batch: Batch  # B transitions; terminal includes HALT
+    valid: Tensor  # B bool: the prediction and reward are finite (the others are dropped)
+    halt: Tensor  # B bool: ended by HALT (u > threshold)
+    u: Tensor | None  # B uncertainty; None without pessimism
+
+
+def model_step(
+    predict: PredictFn,
+    members: Tensor,
+    obs: Tensor,
+    act: Tensor,
+    reward_fn: RewardFn | None,
+    terminal_fn: TerminalFn,
+    pessimism: Pessimism,
+    reward_source: str,
+    generator: torch.Generator,
+    member_draw: str,
+) -> Step:
+    """Advance B samples by one model step under `act`; the arguments are `rollout`'s
+    (`members` as a tensor of indices)."""
+    n, device = obs.shape[0], obs.device
+    with torch.no_grad():
+        pred = predict(obs, act)
+    draws = n if member_draw == "per_sample" else 1
+    pick = torch.randint(len(members), (draws,), generator=generator, device=device)
+    member = members[pick].expand(n)
+    rows = torch.arange(n, device=device)
+    next_obs = pred.next_obs_mean[member, rows]
+    if pred.next_obs_var is not None:
+        noise = torch.randn(next_obs.shape, generator=generator, device=device)
+        next_obs = next_obs + pred.next_obs_var[member, rows].sqrt() * noise
+    if reward_source == "sampled":
+        rew = _sampled_reward(pred, member, rows, obs, act, next_obs, reward_fn, generator)
+    else:
+        rew = _mean_reward(pred, members, obs, act, reward_fn)
+    terminal = terminal_fn(obs, act, next_obs)
+    halt = torch.zeros_like(terminal)
+    u = None
+    if pessimism.kind != "none":
+        u = uncertainty(pred, pessimism.uncertainty, pessimism.scale, members.tolist())
+    if pessimism.kind == "penalty":
+        rew = rew - pessimism.penalty_lambda * u
+    elif pessimism.kind in HALTING_KINDS:
+        halt = u > pessimism.threshold
+        rew = halting_reward(rew, u, halt, pessimism)
+        terminal = terminal | halt
+    valid = torch.isfinite(next_obs).all(dim=-1) & torch.isfinite(rew)
+    return Step(Batch(obs, act, rew, next_obs, terminal.float()), valid, halt, u)
 
 
 def halting_reward(rew: Tensor, u: Tensor, halt: Tensor, pessimism: Pessimism) -> Tensor:

@@ -30,15 +30,18 @@ from ombrl.tasks import Task
 class RolloutConfig:
     """Branched model rollouts of the SAC family (schema `$defs.model_rollouts` keys)."""
 
-    rollout_length: int  # h, model steps per rollout
-    rollout_batch: int  # start states (dataset states) per rollout round
-    rollout_every: int  # updates between rollout rounds
-    model_retain_epochs: int  # rollout rounds kept in the model buffer
+    rollout_length: int  # h, model steps per rollout (persistent: the most steps of one)
+    rollout_batch: int  # rounds: start states (dataset states) per rollout round
+    rollout_every: int  # rounds: updates between rollout rounds
+    model_retain_epochs: int  # rounds: rollout rounds kept in the model buffer
     real_ratio: float  # share of real transitions in each batch
     reward_source: str  # sampled (MOPO, MBPO) | mean over the members (thesis penalty modes)
     members: str  # all (offline-model-based-rl) | elites (MOPO, MBPO)
     member_draw: str  # per_sample (MOPO, MBPO) | per_step (offline-model-based-rl)
     random_fraction: float  # share of the first updates whose rollouts act uniformly at random
+    rollout_scheme: str  # rounds (MBPO, MOPO) | persistent (offline-model-based-rl)
+    persistent_rollouts: int  # persistent: rollouts advanced one step per update
+    model_buffer_size: int  # persistent: transitions the model buffer keeps (FIFO)
 
 
 @dataclass
