@@ -334,3 +334,42 @@ def test_plan_prices_each_rollout_scheme(tmp_path) -> None:
     # +1: one pass over the dataset for the scale (obs_std reads no model, priced anyway).
     assert pricer.policy("d", "thesis") == 300 + 1
     assert pricer.policy("d", "mopo") == 3 * 7 + 1
+
+
+def upstream_epochs(val_losses: list[float], patience: int) -> int:
+    """Epochs offline-model-based-rl's `train_to_convergence` runs on these mean validation
+    losses (models/environment_model.py:397-454): any decrease resets the patience."""
+    min_val_loss, stale, epochs = 1e10, 0, 0
+    for loss in val_losses:
+        if stale >= patience:
+            break
+        epochs += 1
+        if loss < min_val_loss:
+            stale, min_val_loss = 0, loss
+        else:
+            stale += 1
+    return epochs
+
+
+@pytest.mark.parametrize("rule", ["ensemble", "member"])
+def test_ensemble_early_stopping_counts_patience_as_upstream(rule: str) -> None:
+    """Item 6: the mean falls by a hair each epoch while no member gains 1% (upstream goes on),
+    then rises while one member gains 1% (upstream stops after `patience`)."""
+    from ombrl.models.fit import _FitState
+
+    model = DynamicsEnsemble(2, 1, [4], 2, True, "swish", False)
+    optimizer = torch.optim.Adam(model.parameters())
+    state = _FitState(model, optimizer, None, torch.Generator(), "last", rule)
+    per_member = [[1.0, 1.0], [0.999, 1.0], [0.998, 1.0], [0.997, 1.0], [0.996, 1.0]]
+    per_member += [[0.9, 1.2], [0.8, 1.4], [0.7, 1.6], [0.6, 1.8]]
+    epochs = 0
+    for losses in per_member:
+        if state.stopped(2):
+            break
+        epochs += 1
+        state.end_epoch({"mse": torch.tensor(losses)}, {})
+    means = [sum(losses) / 2 for losses in per_member]
+    if rule == "ensemble":
+        assert epochs == upstream_epochs(means, 2) == 7
+    else:  # per member: stops in the plateau, goes on while member 0 improves
+        assert epochs == 3
