@@ -53,7 +53,9 @@ def test_uncertainty_prints_the_statistics_of_every_kind(trained):
     model, _ = load_ensemble(ensemble, torch.device("cpu"))
     dataset = read_hdf5(data)
     kinds = ["epistemic", "max_norm", "max_var"]
-    expected = dataset_statistics(model, dataset, kinds, 4096, members=model.elites)
+    # By default in the thesis modes' units and members: obs_std, every member.
+    obs_std = disagreement_scale("obs_std", model, dataset.observations, dataset.actions)
+    expected = dataset_statistics(model, dataset, kinds, 4096, obs_std)
     assert printed.keys() == expected.keys()
     for kind in kinds:
         assert printed[kind] == pytest.approx(expected[kind], rel=1e-6)
@@ -61,13 +63,17 @@ def test_uncertainty_prints_the_statistics_of_every_kind(trained):
     # The table names the kinds and the columns; --scale changes the numbers.
     table = ombrl("uncertainty", "--dataset", str(data), "--ensemble", str(ensemble))
     assert table.returncode == 0, table.stderr
-    assert "elites" in table.stdout and all(k in table.stdout for k in ["p99", *kinds])
-    normalized = uncertainty_json(data, ensemble, "--scale", "normalized")
-    scale = disagreement_scale("normalized", model, dataset.observations, dataset.actions)
+    assert "all members" in table.stdout and all(k in table.stdout for k in ["p99", *kinds])
+    targets = uncertainty_json(data, ensemble, "--scale", "target_std", "--members", "elites")
+    scale = disagreement_scale("target_std", model, dataset.observations, dataset.actions)
     expected = dataset_statistics(model, dataset, kinds, 4096, scale, model.elites)
     for kind in kinds:
-        assert normalized[kind] == pytest.approx(expected[kind], rel=1e-6)
-        assert normalized[kind]["mean"] != pytest.approx(printed[kind]["mean"], rel=1e-3)
+        assert targets[kind] == pytest.approx(expected[kind], rel=1e-6)
+        assert targets[kind]["mean"] != pytest.approx(printed[kind]["mean"], rel=1e-3)
+    renamed = ombrl(
+        "uncertainty", "--dataset", str(data), "--ensemble", str(ensemble), "--scale", "normalized"
+    )
+    assert_user_error(renamed, "'normalized' was renamed; use target_std")
 
 
 def test_uncertainty_mistakes_are_one_line_errors(trained, tmp_path):
@@ -93,7 +99,7 @@ def test_uncertainty_mistakes_are_one_line_errors(trained, tmp_path):
 
 def test_a_partitioning_mode_trains_from_the_cli_and_logs_its_threshold(trained, tmp_path):
     data, ensemble = trained
-    stats = uncertainty_json(data, ensemble, "--scale", "normalized")
+    stats = uncertainty_json(data, ensemble)  # the partitioning modes' scale and members
     result = ombrl(
         "train-policy",
         "--dataset",

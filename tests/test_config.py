@@ -25,7 +25,7 @@ def test_default_study_is_valid_and_defaults_are_filled():
     assert ensemble["probabilistic"] is True
     assert ensemble["hidden_size"] == [200, 200, 200]
     assert ensemble["holdout_by"] == "transition"
-    assert study["modes"]["aleatoric-penalty"]["uncertainty"] == "max_norm"
+    assert study["modes"]["mopo"]["uncertainty"] == "max_norm"
 
 
 def test_every_problem_is_reported_one_line_each():
@@ -51,12 +51,12 @@ def test_every_problem_is_reported_one_line_each():
 
 def test_cross_references_are_checked():
     bad = default_study()
-    bad["modes"]["aleatoric-penalty"]["ensemble"] = "missing"
+    bad["modes"]["mopo"]["ensemble"] = "missing"
     bad["datasets"]["hopper-superb-v2"] = {"source": "d4rl"}
     with pytest.raises(OmbrlError) as info:
         load_study(bad, "study.yaml", root=ROOT)
     text = str(info.value)
-    assert "modes.aleatoric-penalty.ensemble: 'missing' is not an entry of ensembles" in text
+    assert "modes.mopo.ensemble: 'missing' is not an entry of ensembles" in text
     assert "datasets.hopper-superb-v2" in text
 
 
@@ -130,19 +130,19 @@ def test_per_dataset_overrides_are_validated_and_applied():
     from ombrl.config import mode_params
 
     study = default_study()
-    study["overrides"] = {"pendulum-medium": {"aleatoric-penalty": {"rollout_length": 9}}}
+    study["overrides"] = {"pendulum-medium": {"mopo": {"rollout_length": 9}}}
     resolved = load_study(study, "s.yaml", root=ROOT)
-    assert mode_params(resolved, "pendulum-medium", "aleatoric-penalty")["rollout_length"] == 9
-    assert mode_params(resolved, "pendulum-random", "aleatoric-penalty")["rollout_length"] == 5
+    assert mode_params(resolved, "pendulum-medium", "mopo")["rollout_length"] == 9
+    assert mode_params(resolved, "pendulum-random", "mopo")["rollout_length"] == 5
     study["overrides"] = {
-        "pendulum-medium": {"aleatoric-penalty": {"rollout_length": "long"}},
+        "pendulum-medium": {"mopo": {"rollout_length": "long"}},
         "nowhere": {"bc": {"steps": 3}},
     }
     with pytest.raises(OmbrlError) as info:
         load_study(study, "s.yaml", root=ROOT)
     text = str(info.value)
     assert "overrides.nowhere: not an entry of datasets" in text
-    assert "overrides.pendulum-medium.aleatoric-penalty.rollout_length: 'long'" in text
+    assert "overrides.pendulum-medium.mopo.rollout_length: 'long'" in text
 
 
 def test_yaml_aliases_give_each_mode_its_own_defaults(tmp_path):
@@ -161,7 +161,7 @@ def test_yaml_aliases_give_each_mode_its_own_defaults(tmp_path):
     study = load_study(read_yaml(path), str(path))
     modes = study["modes"]
     assert "penalty_lambda" not in modes["mbpo"] and "threshold" not in modes["mbpo"]
-    assert modes["epistemic-penalty"]["scale"] == "normalized"
+    assert modes["epistemic-penalty"]["scale"] == "obs_std"
     assert modes["aleatoric-partitioning"]["uncertainty"] == "max_var"
     assert modes["mbpo"]["reward_source"] == "sampled"
     assert modes["epistemic-penalty"]["reward_source"] == "mean"
@@ -176,25 +176,25 @@ def test_a_choice_named_none_is_a_choice_and_not_null():
 
 def test_named_entries_run_one_method_with_different_settings():
     study = default_study()
-    mopo = study["modes"].pop("aleatoric-penalty")
-    study["modes"]["mopo-l1"] = {**mopo, "method": "aleatoric-penalty", "penalty_lambda": 1}
-    study["modes"]["mopo-l5"] = {**mopo, "method": "aleatoric-penalty", "penalty_lambda": 5}
+    mopo = study["modes"].pop("mopo")
+    study["modes"]["mopo-l1"] = {**mopo, "method": "mopo", "penalty_lambda": 1}
+    study["modes"]["mopo-l5"] = {**mopo, "method": "mopo", "penalty_lambda": 5}
     modes = load_study(study, "s.yaml", root=ROOT)["modes"]
     assert modes["bc"]["method"] == "bc"  # an entry without `method:` is its own method
-    assert [modes[m]["method"] for m in ("mopo-l1", "mopo-l5")] == ["aleatoric-penalty"] * 2
+    assert [modes[m]["method"] for m in ("mopo-l1", "mopo-l5")] == ["mopo"] * 2
     assert (modes["mopo-l1"]["penalty_lambda"], modes["mopo-l5"]["penalty_lambda"]) == (1, 5)
     assert modes["mopo-l5"]["uncertainty"] == "max_norm"  # the method's defaults
 
 
 def test_method_mistakes_are_one_line_each():
     study = default_study()
-    study["modes"]["mopo"] = {"method": "mopo", "ensemble": "pnn-small"}
-    study["modes"]["mopo-l5"] = {"method": "aleatoric-penalty", "ensemble": "pnn-small", "lamda": 5}
+    study["modes"]["mopo-x"] = {"method": "mopox", "ensemble": "pnn-small"}
+    study["modes"]["mopo-l5"] = {"method": "mopo", "ensemble": "pnn-small", "lamda": 5}
     with pytest.raises(OmbrlError) as info:
         load_study(study, "s.yaml", root=ROOT)
     lines = str(info.value).splitlines()
     assert len(lines) == 2, lines
-    assert lines[0].startswith("s.yaml: modes.mopo.method: 'mopo' is not one of bc, sac, mbpo")
+    assert lines[0].startswith("s.yaml: modes.mopo-x.method: 'mopox' is not one of bc, sac, mbpo")
     assert lines[1].startswith("s.yaml: modes.mopo-l5.lamda: unknown key (known: alpha,")
 
 

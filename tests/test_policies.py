@@ -90,7 +90,7 @@ def settings(mode: str, **params) -> dict:
     return resolved
 
 
-def mopo_config(steps: int, mode: str = "aleatoric-penalty", **extra) -> dict:
+def mopo_config(steps: int, mode: str = "mopo", **extra) -> dict:
     """A small config of a model-based mode (schema defaults for every other key)."""
     params = {
         "ensemble": "tiny",
@@ -125,7 +125,7 @@ def run(mode, data, ensemble, cfg, seed=0, eval_every=120, episodes=2) -> tuple[
 
 def test_aleatoric_penalty_loop_evaluates_on_schedule_and_is_reproducible(dataset) -> None:
     model = tiny_ensemble(dataset)
-    agent, records = run("aleatoric-penalty", dataset, model, mopo_config(300))
+    agent, records = run("mopo", dataset, model, mopo_config(300))
     assert isinstance(agent, SAC) and agent.step == 300
     assert [r["step"] for r in records] == [0, 120, 240, 300]
     assert set(records[0]) == {"step", "return", "return_std"}
@@ -133,9 +133,9 @@ def test_aleatoric_penalty_loop_evaluates_on_schedule_and_is_reproducible(datase
         assert {"critic_loss", "actor_loss", "alpha", "q_mean", "rollout_uncertainty"} <= set(r)
         assert r["rollout_uncertainty"] > 0 and 0 < r["rollout_length"] <= 3
         assert all(np.isfinite(v) for v in r.values())
-    _, again = run("aleatoric-penalty", dataset, model, mopo_config(300))
+    _, again = run("mopo", dataset, model, mopo_config(300))
     assert again == records
-    _, other = run("aleatoric-penalty", dataset, model, mopo_config(300), seed=1)
+    _, other = run("mopo", dataset, model, mopo_config(300), seed=1)
     assert other[-1]["critic_loss"] != records[-1]["critic_loss"]
 
 
@@ -143,9 +143,9 @@ def test_penalty_changes_training(dataset) -> None:
     """lambda enters the rewards SAC learns from: a huge penalty drives Q far below zero."""
     model = tiny_ensemble(dataset)
     cfg = mopo_config(100)
-    _, plain = run("aleatoric-penalty", dataset, model, cfg, eval_every=100, episodes=1)
+    _, plain = run("mopo", dataset, model, cfg, eval_every=100, episodes=1)
     cfg["penalty_lambda"] = 100.0
-    _, harsh = run("aleatoric-penalty", dataset, model, cfg, eval_every=100, episodes=1)
+    _, harsh = run("mopo", dataset, model, cfg, eval_every=100, episodes=1)
     assert harsh[-1]["rollout_reward"] < plain[-1]["rollout_reward"] - 10
     assert harsh[-1]["q_mean"] < plain[-1]["q_mean"]
 
@@ -173,13 +173,14 @@ def test_every_method_resolves_to_configs_of_the_schema_vocabulary() -> None:
         if spec.module == "sac" and spec.needs_ensemble:
             build(RolloutConfig, cfg)
     upstream = {  # the defaults DESIGN.md names: MOPO's and offline-model-based-rl's choices
-        "aleatoric-penalty": ("max_norm", "sampled"),
-        "aleatoric-partitioning": ("max_var", "mean"),
+        "mopo": ("max_norm", "sampled"),
+        "aleatoric-penalty": ("max_var", "mean"),
+        "aleatoric-partitioning": ("max_var", "sampled"),
     }
     for mode, (kind, source) in upstream.items():
         cfg = settings(mode, ensemble="pnn")
         assert (cfg["uncertainty"], cfg["reward_source"]) == (kind, source)
-    assert settings("epistemic-partitioning", ensemble="pnn")["reward_source"] == "mean"
+    assert settings("epistemic-partitioning", ensemble="pnn")["reward_source"] == "sampled"
     assert settings("mbpo", ensemble="pnn")["reward_source"] == "sampled"
     assert settings("epistemic-partitioning", ensemble="pnn")["halt_reward"] == "replace"
     with pytest.raises(OmbrlError, match="test: epochs: unknown key"):
@@ -242,31 +243,32 @@ def test_data_relative_rules_are_resolved_from_the_dataset_and_elites(dataset) -
     ):
         cfg = mopo_config(1, mode, threshold_rule=rule, threshold=beta, halt_penalty=-3.0)
         rc = build(PartitionRule, {"uncertainty": "epistemic", **cfg})
-        pessimism = resolve_pessimism(rc, model, dataset, task)
+        pessimism = resolve_pessimism(rc, model, dataset, task, model.elites)
         u = dataset_uncertainty(
             model, dataset, [rc.uncertainty], 512, pessimism.scale, model.elites
         )[rc.uncertainty]
         expected = u.max() / beta if rule == "max" else np.percentile(u, beta)
         assert pessimism.threshold == pytest.approx(expected, rel=1e-6)
         assert pessimism.halt_penalty == -3.0
-        torch.testing.assert_close(pessimism.scale, 1 / model.target_std)  # `normalized`
+        obs_std = torch.as_tensor(dataset.observations.std(0, ddof=1), dtype=torch.float32)
+        torch.testing.assert_close(pessimism.scale, 1 / obs_std)  # `obs_std`
     cfg = mopo_config(1, "epistemic-partitioning", threshold_rule="absolute", threshold=0.7)
     rc = build(PartitionRule, {"uncertainty": "epistemic", **cfg})
-    assert resolve_pessimism(rc, model, dataset, task).threshold == 0.7
-    rc = build(PenaltyRule, mopo_config(1, "aleatoric-penalty", penalty_lambda=2.0))
-    pessimism = resolve_pessimism(rc, model, dataset, task)
+    assert resolve_pessimism(rc, model, dataset, task, model.elites).threshold == 0.7
+    rc = build(PenaltyRule, mopo_config(1, "mopo", penalty_lambda=2.0))
+    pessimism = resolve_pessimism(rc, model, dataset, task, model.elites)
     assert (pessimism.kind, pessimism.penalty_lambda, pessimism.scale) == ("penalty", 2.0, None)
 
 
 def test_user_mistakes_are_reported(dataset) -> None:
     cfg = mopo_config(10)
-    with pytest.raises(OmbrlError, match="method: 'mopo' is not one of bc, sac"):
-        method_spec("mopo")
+    with pytest.raises(OmbrlError, match="method: 'mopox' is not one of bc, sac"):
+        method_spec("mopox")
     with pytest.raises(OmbrlError, match="needs a trained ensemble"):
-        run("aleatoric-penalty", dataset, None, cfg)
+        run("mopo", dataset, None, cfg)
     wrong = DynamicsEnsemble(3, 1, [8], 2, True, "swish", False)
     with pytest.raises(OmbrlError, match="dimensions"):
-        run("aleatoric-penalty", dataset, wrong, cfg)
+        run("mopo", dataset, wrong, cfg)
     bc = settings("bc", steps=1, hidden_size=[8], lr=1e-3, batch_size=8)
     with pytest.raises(OmbrlError, match="Hopper-v5"):
         run("bc", replace(dataset, env_id="Hopper-v5"), None, bc)

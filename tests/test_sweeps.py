@@ -22,7 +22,7 @@ from ombrl.scores import final_scores
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = read_yaml(ROOT / ".test/config_tiny/config.yaml")
-MOPO = {"method": "aleatoric-penalty", "ensemble": "tiny", "steps": 200}
+MOPO = {"method": "mopo", "ensemble": "tiny", "steps": 200}
 
 
 def study_with(sweeps: dict, **extra) -> dict:
@@ -38,7 +38,7 @@ def test_a_sweep_of_k_values_gives_k_named_entries_with_the_values():
     assert names == ["mopo@penalty_lambda=0.3", "mopo@penalty_lambda=1", "mopo@penalty_lambda=2.5"]
     assert [study["modes"][m]["penalty_lambda"] for m in names] == [0.3, 1, 2.5]
     # The entry's other keys and method carry over; the method's defaults are filled in.
-    assert {study["modes"][m]["method"] for m in names} == {"aleatoric-penalty"}
+    assert {study["modes"][m]["method"] for m in names} == {"mopo"}
     assert {study["modes"][m]["uncertainty"] for m in names} == {"max_norm"}
     assert study["sweeps"]["mopo"]["settings"] == ["penalty_lambda"]
     assert list(study["sweeps"]["mopo"]["entries"]) == names
@@ -139,7 +139,7 @@ def synthetic_final(names_values: dict[str, float], seeds: int = 3) -> pd.DataFr
         {
             "dataset": "pendulum-random",
             "mode": name,
-            "method": "aleatoric-penalty",
+            "method": "mopo",
             "seed": s,
             "step": 100,
             "return": level,

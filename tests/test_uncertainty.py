@@ -218,14 +218,17 @@ def test_none_and_morel_scales() -> None:
         disagreement_scale("jacobi", model, obs, act)
 
 
-def test_normalized_scale_measures_in_the_models_standardised_output_space() -> None:
-    """With the `normalized` scale, u equals u of the network's own (standardised) outputs."""
+def test_target_std_scale_measures_in_the_models_standardised_output_space() -> None:
+    """With the `target_std` scale, u equals u of the network's own (standardised) outputs;
+    its old name `normalized` fails naming it."""
     model = random_ensemble(probabilistic=True, hidden=[8])
     target_std = torch.tensor([0.5, 2.0, 4.0, 0.1, 3.0])  # the last is the reward's
     model.set_normalizers(torch.zeros(D + 2), torch.ones(D + 2), torch.zeros(D + 1), target_std)
     obs, act = torch.randn(B, D, generator=gen(1)), torch.randn(B, 2, generator=gen(2))
-    scale = disagreement_scale("normalized", model, obs, act)
+    scale = disagreement_scale("target_std", model, obs, act)
     torch.testing.assert_close(scale, 1 / target_std[:D])
+    with pytest.raises(OmbrlError, match="'normalized' was renamed; use target_std"):
+        disagreement_scale("normalized", model, obs, act)
     with torch.no_grad():
         pred = model.predict(obs, act)
         mean, logvar = model(model.normalize_inputs(obs, act).expand(E, -1, -1))

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from ombrl.config import SCHEMA
+from ombrl.config import RENAMED_VALUES, SCHEMA
 from ombrl.errors import OmbrlError
 from ombrl.evaluate import continuous_spaces
 from ombrl.methods import METHODS
@@ -457,6 +457,18 @@ def _add_render_parser(sub) -> None:
 # argument types: a value out of range is argparse's one-line error, before any work
 
 
+def _scale_name(text: str) -> str:
+    """An argparse type: a `scale` name; a renamed one fails naming its replacement."""
+    if text in RENAMED_VALUES["scale"]:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} was renamed; use {RENAMED_VALUES['scale'][text]}"
+        )
+    choices = SCHEMA["$defs"]["scale"]["enum"]
+    if text not in choices:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}")
+    return text
+
+
 def _at_least(minimum: int):
     """An argparse type: an integer >= `minimum`."""
 
@@ -674,15 +686,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", required=True, help="folder of a trained ensemble")
     p.add_argument(
         "--scale",
-        default="none",
-        choices=SCHEMA["$defs"]["scale"]["enum"],
-        help="per-dimension weights, as the modes' `scale` key",
+        default="obs_std",
+        type=_scale_name,
+        help="per-dimension weights, as the modes' `scale` key (default obs_std: the units of "
+        "the thesis modes' lambdas and thresholds)",
     )
     p.add_argument(
         "--members",
-        default="elites",
+        default="all",
         choices=["elites", "all"],
-        help="members measured (rollouts use the elites)",
+        help="members measured, as the modes' `members` key (default all, as the thesis modes)",
     )
     p.add_argument(
         "--batch-size", type=_at_least(1), default=8192, help="transitions per forward pass"

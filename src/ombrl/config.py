@@ -34,6 +34,11 @@ def _load_schema() -> dict:
 
 
 SCHEMA = _load_schema()
+#: key -> {retired value -> what to write now}: a value that was renamed or changed meaning
+#: fails with one line naming its replacement instead of silently meaning something else.
+RENAMED_VALUES = {
+    "scale": {"normalized": "target_std (offline-model-based-rl's units are obs_std)"},
+}
 # The choices of a mode entry's `method:` are the registry's, never written out again.
 SCHEMA["$defs"]["mode_entry"]["properties"]["method"]["enum"] = list(METHODS)
 
@@ -90,6 +95,10 @@ def _format_error(source: str, error: jsonschema.ValidationError, at: str) -> li
             return [f"{dot}{error.instance}: unknown name; choose from {choices}"]
         return [f"{dot}{error.instance}: invalid name (use letters, digits, '_', '.', '-')"]
     if error.validator == "enum":
+        key = error.absolute_path[-1] if error.absolute_path else ""
+        renamed = RENAMED_VALUES.get(str(key), {})
+        if isinstance(error.instance, str) and error.instance in renamed:
+            return [f"{prefix}: {error.instance!r} was renamed; use {renamed[error.instance]}"]
         choices = ", ".join(map(str, error.validator_value))
         return [f"{prefix}: {error.instance!r} is not one of {choices}"]
     return [f"{prefix}: {error.message}"]

@@ -438,7 +438,10 @@ class Pricer:
             cost = self.updates(data, params)
             if spec.progress == "env_steps":  # online: an environment step per update
                 cost += self.unit("env_step", calls=params["steps"])
-            if spec.needs_ensemble:
+            if spec.needs_ensemble and params["rollout_scheme"] == "persistent":
+                # one step of every live rollout per update
+                cost += self.model(ensemble, data, params["persistent_rollouts"], params["steps"])
+            elif spec.needs_ensemble:
                 rounds = math.ceil(params["steps"] / params["rollout_every"])
                 calls = rounds * params["rollout_length"]
                 cost += self.model(ensemble, data, params["rollout_batch"], calls)

@@ -38,6 +38,10 @@ class Batch:
     def __len__(self) -> int:
         return self.obs.shape[0]
 
+    def select(self, index: Tensor) -> Batch:
+        """The transitions at `index` (a bool mask or indices over B)."""
+        return Batch(*(t[index] for t in _fields(self)))
+
     @staticmethod
     def cat(batches: Sequence[Batch]) -> Batch:
         """Concatenate batches (e.g. real and model transitions) along B."""

@@ -4,7 +4,10 @@ Standard SAC: twin critics trained toward `r + gamma (1 - terminal) (min Q_targe
 alpha log pi(a'|s'))`, then the actor on the updated critics' `min Q`, with the temperature
 fixed or learned toward the target entropy `-act_dim`, then a polyak step of the target
 critics. Terminal transitions do not bootstrap; timeouts do (the buffer only stores terminals).
-The policy is a tanh-squashed Gaussian scaled to the task's action bounds.
+The policy is a tanh-squashed Gaussian scaled to the task's action bounds. Observations may
+be standardised before the actor and the critics see them (`obs_norm: dataset`, the dataset's
+mean and std, as offline-model-based-rl's SAC does with its preprocessing function); the
+statistics are part of the agent's state, so a finetuned or reloaded policy keeps them.
 
 Why gradients by hand: at SAC's sizes (batch 256, 256-wide layers) a CPU update is a few dozen
 small matmuls, and autograd's per-op bookkeeping, the slow kernels `bmm` takes when one side has
@@ -53,6 +56,7 @@ class SACConfig:
     lr: float  # Adam learning rate of actor, critics and temperature
     batch_size: int  # transitions per update
     alpha: float | None  # fixed entropy temperature; None learns it (from 1.0)
+    obs_norm: str = "none"  # dataset: standardise observations by the dataset's mean and std
     compile: bool = False  # torch.compile the two gradient computations of each update
 
 
@@ -164,6 +168,8 @@ class SAC(Agent):
         self.target_critic = StackedMLP(2, obs_dim + act_dim, cfg.hidden_size, 1, init)
         self.target_critic.to(self.device).requires_grad_(False)
         self.target_critic.load_state_dict(self.critic.state_dict())
+        self.obs_mean = torch.zeros(obs_dim, device=self.device)
+        self.obs_std = torch.ones(obs_dim, device=self.device)
         self.log_alpha = torch.zeros((), device=self.device)
         if cfg.alpha is not None:
             self.log_alpha.fill_(math.log(cfg.alpha) if cfg.alpha > 0 else -math.inf)
@@ -178,6 +184,18 @@ class SAC(Agent):
         if cfg.compile:
             self._critic_grads = torch.compile(self._critic_grads, fullgraph=True, dynamic=False)
             self._actor_grads = torch.compile(self._actor_grads, fullgraph=True, dynamic=False)
+
+    def set_obs_statistics(self, observations: np.ndarray) -> None:
+        """Standardise every observation the networks see by the mean and sample std (n - 1)
+        of `observations` (N x obs_dim); a constant dimension keeps std 1."""
+        obs = np.asarray(observations, dtype=np.float64)
+        std = obs.std(axis=0, ddof=1)
+        std = np.where(std > 0, std, 1.0)
+        self.obs_mean = torch.as_tensor(obs.mean(axis=0), dtype=torch.float32, device=self.device)
+        self.obs_std = torch.as_tensor(std, dtype=torch.float32, device=self.device)
+
+    def _norm(self, obs: Tensor) -> Tensor:
+        return (obs - self.obs_mean) / self.obs_std
 
     def policy(self, obs: Tensor, deterministic: bool) -> Tensor:
         """Actions for a batch of observations, without gradients.
@@ -195,7 +213,7 @@ class SAC(Agent):
                 eps = torch.zeros(shape, device=self.device)
             else:
                 eps = torch.randn(shape, generator=self.generator, device=self.device)
-            return self.actor(obs, eps).act
+            return self.actor(self._norm(obs), eps).act
 
     def _q(self, critic: StackedMLP, obs: Tensor, act: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Both critics' Q (2 x B) and their layer inputs."""
@@ -211,6 +229,13 @@ class SAC(Agent):
         Returns:
             critic_loss, actor_loss, alpha, q_mean (online Q of the batch), entropy (-log pi).
         """
+        batch = Batch(
+            self._norm(batch.obs),
+            batch.act,
+            batch.rew,
+            self._norm(batch.next_obs),
+            batch.terminal,
+        )
         with torch.no_grad():
             alpha = self.log_alpha.exp()  # the temperature this update uses
             # One actor pass samples a' ~ pi(s') for the target and a ~ pi(s) for the actor
@@ -293,6 +318,8 @@ class SAC(Agent):
             **{f"critic.{k}": v for k, v in self.critic.state_dict().items()},
             **{f"target_critic.{k}": v for k, v in self.target_critic.state_dict().items()},
             "log_alpha": self.log_alpha.detach(),
+            "obs_mean": self.obs_mean,
+            "obs_std": self.obs_std,
             "step": torch.tensor(self.step, dtype=torch.int64),
             "generator": self.generator.get_state(),
             **optimizer_tensors("actor_optim", self.actor_optim),
@@ -318,6 +345,8 @@ class SAC(Agent):
                 raise OmbrlError(f"SAC state does not match the {name}: {err}") from err
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
+            self.obs_mean.copy_(state["obs_mean"])
+            self.obs_std.copy_(state["obs_std"])
         self.step = int(state["step"])
         self.generator.set_state(state["generator"].cpu())
         load_optimizer_tensors("actor_optim", self.actor_optim, state)

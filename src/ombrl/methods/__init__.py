@@ -81,6 +81,7 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("bc", "bc", "bc", needs_ensemble=False),
         MethodSpec("sac", "sac", "sac", needs_ensemble=False, online=True),
         _sac_family("mbpo", "mbpo"),
+        _sac_family("mopo", "mopo"),
         _sac_family("epistemic-penalty", "epistemic_penalty"),
         _sac_family("aleatoric-penalty", "aleatoric_penalty"),
         _sac_family("epistemic-partitioning", "epistemic_partitioning"),

@@ -72,7 +72,9 @@ def train(method: str, cfg: dict, inputs: Inputs, on_eval: Callable[[dict], None
     agent = make_learner(scaled, build(NPGConfig, cfg), inputs.env_id, dataset, device, seed)
     agent.bc_init(dataset.observations, dataset.actions, generator)
     task = get_task(dataset.env_id)
-    pessimism = resolve_pessimism(build(PartitionRule, cfg), ensemble, dataset, task)
+    pessimism = resolve_pessimism(
+        build(PartitionRule, cfg), ensemble, dataset, task, ensemble.elites
+    )
     sampler = PathSampler(
         start_states(dataset, device),
         cfg["paths"],

@@ -1,13 +1,15 @@
-"""The SAC family: one SAC learner, eleven ways to feed it.
+"""The SAC family: one SAC learner, twelve ways to feed it.
 
 - `sac`: the dataset alone (offline, model-free); or, with `--env`, online, acting in the
   environment (`EnvSampler`: `warmup` random steps, then one step per update).
 - `mbpo`: h-step model rollouts from dataset states mixed with real transitions at
   `real_ratio`; no pessimism.
-- `epistemic-penalty`, `aleatoric-penalty` (MOPO): as mbpo, with reward `r - lambda * u`.
-- `epistemic-partitioning`, `aleatoric-partitioning` (MOReL's HALT in SAC): as mbpo, but a
-  model transition with `u > threshold` is terminal and its reward is replaced by (or has
-  added) `halt_penalty`.
+- `mopo`: as mbpo, with reward `r - lambda * u`, u the largest norm of an elite's predicted
+  std (MOPO).
+- `epistemic-penalty`, `aleatoric-penalty` (the thesis's penalty modes): reward `r - lambda * u`.
+- `epistemic-partitioning`, `aleatoric-partitioning` (the thesis's partitioning modes, MOReL's
+  HALT in SAC): a model transition with `u > threshold` is terminal and its reward is replaced
+  by (or has added) `halt_penalty`.
 - `survival`, `offline-exploration-penalty`, `offline-exploration-partitioning` (the thesis's
   other modes): as mbpo, but the reward is another objective (1 per step survived, or the
   elites' disagreement), and a transition past the epistemic threshold ends the path
@@ -18,7 +20,8 @@
   dataset kept in the replay buffer. No checkpoints, as online `sac`.
 
 Every `rollout_every` updates a new round of `rollout_batch` rollouts enters a model buffer
-that keeps the last `model_retain_epochs` rounds. Model rewards come from the ensemble's
+that keeps the last `model_retain_epochs` rounds; rollouts of the first `random_fraction` of
+the updates act at random. Model rewards come from the ensemble's
 reward head when it learned one (`predict_reward: true`), else from the task's function.
 All randomness derives from the seed (weights, batches, rollouts, policy noise); evaluation
 uses its own fixed seeds.
@@ -43,6 +46,7 @@ from ombrl.models.pessimism import (
     RolloutConfig,
     resolve_pessimism,
 )
+from ombrl.models.uncertainty import member_indices
 from ombrl.tasks import get_task
 from ombrl.training.loop import make_learner, run_updates
 from ombrl.training.samplers import EnvSampler, RealSampler, RolloutSampler
@@ -51,6 +55,7 @@ from ombrl.training.samplers import EnvSampler, RealSampler, RolloutSampler
 #: `ObjectiveRule`, the objective).
 PESSIMISM = {
     "mbpo": (None, None),
+    "mopo": (PenaltyRule, None),
     "epistemic-penalty": (PenaltyRule, "epistemic"),
     "aleatoric-penalty": (PenaltyRule, None),
     "epistemic-partitioning": (PartitionRule, "epistemic"),
@@ -77,6 +82,10 @@ def train(method: str, cfg: dict, inputs: Inputs, on_eval: Callable[[dict], None
     generator = torch.Generator(device).manual_seed(seed)
     agent_cfg = build(SACConfig, cfg)
     agent = make_learner(SAC, agent_cfg, inputs.env_id, inputs.dataset, device, seed)
+    if agent_cfg.obs_norm == "dataset" and method != "finetune":
+        if inputs.dataset is None:
+            raise OmbrlError("obs_norm: dataset needs a dataset (online sac has none); use none")
+        agent.set_obs_statistics(inputs.dataset.observations)
     if method == "finetune":
         return _finetune(agent, cfg, inputs, generator, on_eval)
     if inputs.dataset is None:
@@ -127,15 +136,20 @@ def _rollout_sampler(
     elif rule_cls is not None:
         rule = build(rule_cls, {"uncertainty": kind, **cfg})
     task = get_task(dataset.env_id)
+    rc = build(RolloutConfig, cfg)
+    members = member_indices(ensemble, rc.members)
+    bounds = (torch.as_tensor(agent.action_low), torch.as_tensor(agent.action_high))
     return RolloutSampler(
         real,
         agent.cfg.batch_size,
         generator,
         ensemble,
         task,
-        build(RolloutConfig, cfg),
-        resolve_pessimism(rule, ensemble, dataset, task),
+        rc,
+        resolve_pessimism(rule, ensemble, dataset, task, members),
         lambda obs: agent.policy(obs, deterministic=False),
+        bounds,
+        round(rc.random_fraction * cfg["steps"]),
     )
 
 

@@ -47,6 +47,10 @@ SNAPSHOTS = ("mse", "nll", "last")
 # The order members visit the training rows each epoch (`batch_order`): one permutation for all,
 # or each member its own (upstream dynamics-ensembles-rl shuffled each member's data itself).
 BATCH_ORDERS = ("shared", "per_member")
+# When patience runs out (`early_stopping`): no member's holdout score improved (per member,
+# above), or the members' mean holdout MSE did not decrease at all (ensemble:
+# offline-model-based-rl's train_to_convergence).
+EARLY_STOPPING = ("member", "ensemble")
 # Smallest normaliser scale: a constant input or target dimension must not divide by zero.
 MIN_SCALE = 1e-6
 # Rows per holdout forward pass: bounds memory on large datasets.
@@ -75,6 +79,7 @@ class FitConfig:
     # torch.compile the loss: its element-wise work fused into a few kernels, 10-25% less time
     # per step on CPU (benchmarks/ensemble.py), for ~10-20 s of compilation per process.
     compile: bool
+    early_stopping: str = "member"  # "member" or "ensemble" (see EARLY_STOPPING)
 
 
 @dataclass
@@ -222,6 +227,11 @@ def _check_config(cfg: FitConfig, model: DynamicsEnsemble, dataset: Dataset) -> 
         (cfg.normalization in ("std", "mad"), "normalization", "is not 'std' or 'mad'"),
         (cfg.batch_order in BATCH_ORDERS, "batch_order", f"is not one of {list(BATCH_ORDERS)}"),
         (cfg.snapshot in SNAPSHOTS, "snapshot", f"is not one of {list(SNAPSHOTS)}"),
+        (
+            cfg.early_stopping in EARLY_STOPPING,
+            "early_stopping",
+            f"is not one of {list(EARLY_STOPPING)}",
+        ),
         (
             cfg.snapshot != "nll" or model.probabilistic,
             "snapshot",
@@ -391,7 +401,8 @@ class _FitState:
 
     `snapshot` says what "best" means: the lowest holdout MSE (improved by > 1%), the lowest
     holdout NLL (improved by > `NLL_IMPROVEMENT`), or, for "last", the holdout MSE for early
-    stopping only, with no snapshot kept (the final weights stay).
+    stopping only, with no snapshot kept (the final weights stay). `early_stopping: ensemble`
+    counts patience on the members' mean holdout MSE instead, any decrease resetting it.
     """
 
     def __init__(
@@ -401,10 +412,11 @@ class _FitState:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         generator: torch.Generator,
         snapshot: str,
+        early_stopping: str = "member",
     ) -> None:
         self.model, self.optimizer = model, optimizer
         self.scheduler, self.generator = scheduler, generator
-        self.snapshot = snapshot
+        self.snapshot, self.early_stopping = snapshot, early_stopping
         self.params = list(model.parameters())
         e, device = model.num_models, self.params[0].device
         self.epoch = 0  # epochs completed
@@ -413,6 +425,7 @@ class _FitState:
         self.best_score = torch.full((e,), float("inf"), device=device)
         self.best_epoch = torch.zeros(e, dtype=torch.long, device=device)
         self.stale = torch.zeros(e, dtype=torch.long, device=device)
+        self.best_mean = torch.tensor(float("inf"), device=device)  # early_stopping: ensemble
         self.history: list[dict] = []
 
     def end_epoch(self, holdout: dict[str, Tensor], metrics: dict) -> None:
@@ -426,7 +439,13 @@ class _FitState:
             improved = score < (1 - IMPROVEMENT_THRESHOLD) * self.best_score
         self.best_score = torch.where(improved, score, self.best_score)
         self.best_epoch = torch.where(improved, self.epoch, self.best_epoch)
-        self.stale = torch.where(improved, 0, self.stale + 1)
+        if self.early_stopping == "ensemble":
+            mean = holdout["mse"].mean()
+            decreased = mean < self.best_mean
+            self.best_mean = torch.minimum(mean, self.best_mean)
+            self.stale = torch.where(decreased, 0, self.stale + 1)
+        else:
+            self.stale = torch.where(improved, 0, self.stale + 1)
         with torch.no_grad():
             for snapshot, p in zip(self.best_params, self.params, strict=False):  # last: none
                 snapshot[improved] = p[improved]
@@ -442,7 +461,8 @@ class _FitState:
         return self.best_epoch.tolist()
 
     def stopped(self, patience: int) -> bool:
-        """No member improved for `patience` epochs (never when patience is 0)."""
+        """No member improved (`ensemble`: the mean did not decrease) for `patience` epochs
+        (never when patience is 0)."""
         return patience > 0 and bool((self.stale >= patience).all())
 
     def tensors(self) -> dict[str, Tensor]:
@@ -453,6 +473,7 @@ class _FitState:
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "stale": self.stale,
+            "best_mean": self.best_mean,
             "generator": self.generator.get_state(),
             **optimizer_tensors("optim", self.optimizer),
         }
@@ -477,6 +498,7 @@ class _FitState:
         self.best_score = tensors["best_score"].to(device)
         self.best_epoch = tensors["best_epoch"].to(device)
         self.stale = tensors["stale"].to(device)
+        self.best_mean = tensors["best_mean"].to(device)
         self.generator.set_state(tensors["generator"])
         load_optimizer_tensors("optim", self.optimizer, tensors)
         for group, lr in zip(self.optimizer.param_groups, meta["lr"], strict=True):
@@ -577,7 +599,7 @@ def fit_ensemble(
         else torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.scheduler_gamma)
     )
 
-    state = _FitState(model, optimizer, scheduler, generator, cfg.snapshot)
+    state = _FitState(model, optimizer, scheduler, generator, cfg.snapshot, cfg.early_stopping)
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None:
         state.restore(saved)

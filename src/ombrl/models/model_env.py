@@ -1,12 +1,15 @@
 """The learned MDP: batched branched rollouts, and the pessimism that makes them safe offline.
 
 Rollouts start from dataset states and run h steps of the current policy in the model, all
-samples in one batch (tens of thousands per call). Each sample draws a random elite member per
-step and, for a probabilistic ensemble, samples the next state from that member's Gaussian
-(MOPO / MBPO). The reward comes from the task function (or the model's reward head), either of
-the sampled member's transition (MOPO) or averaged over the elites (offline-model-based-rl).
+samples in one batch (tens of thousands per call). Each step draws a random member among the
+rollout's members (the elites or all networks), either one per sample (`per_sample`, MOPO /
+MBPO) or one for the whole batch (`per_step`, offline-model-based-rl's `get_prediction`), and
+for a probabilistic ensemble samples the next state from that member's Gaussian. The reward
+comes from the task function (or the model's reward head), either of the sampled member's
+transition (MOPO; offline-model-based-rl's partitioning modes) or averaged over the members
+(offline-model-based-rl's penalty modes).
 
-Pessimism (`Pessimism`) uses the uncertainty `u(s, a)` of the elites:
+Pessimism (`Pessimism`) uses the uncertainty `u(s, a)` of the same members:
 - `penalty`: `r - lambda * u` (MOPO with aleatoric u; epistemic-penalty with disagreement).
 - `partitioning` (MOReL's HALT): where `u > threshold` the transition is terminal, so SAC
   never bootstraps through it, and its reward is replaced by (or has added) `halt_penalty`,
@@ -33,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -47,6 +51,7 @@ from ombrl.tasks import RewardFn, TerminalFn
 HALTING_KINDS = ("partitioning", "survival", "exploration-penalty", "exploration-partitioning")
 PESSIMISM_KINDS = ("none", "penalty", *HALTING_KINDS)
 REWARD_SOURCES = ("sampled", "mean")
+MEMBER_DRAWS = ("per_sample", "per_step")
 HALT_REWARDS = ("replace", "add", "truncate")
 
 
@@ -100,12 +105,14 @@ def rollout(
     pessimism: Pessimism,
     reward_source: str,
     generator: torch.Generator,
+    member_draw: str = "per_sample",
 ) -> tuple[Batch, dict[str, float]]:
     """Roll the policy out in the model from `start_obs` for up to `length` steps.
 
     Args:
         predict: `(obs B x obs_dim, act B x act_dim) -> Prediction` with E x B tensors.
-        elites: member indices to sample the next state from and to measure `u` over.
+        elites: member indices to sample the next state from and to measure `u` over (the
+            elites, or every member).
         policy: `obs B x obs_dim -> act B x act_dim` (stochastic for exploration).
         start_obs: B x obs_dim start states.
         length: h, the rollout horizon.
@@ -113,8 +120,10 @@ def rollout(
         terminal_fn: `(s, a, s') -> B` bool, the task's termination.
         pessimism: penalty, partitioning or none, with resolved numbers.
         reward_source: `sampled` (the sampled member's transition) or `mean` (the mean over
-            the elites of each one's mean prediction).
+            `elites` of each one's mean prediction).
         generator: source of the member choice and the Gaussian noise.
+        member_draw: `per_sample` (each sample its own random member each step) or
+            `per_step` (one random member per step for the whole batch).
 
     Returns:
         The N <= B * h transitions (pessimistic rewards, terminal flags) and statistics:
@@ -125,6 +134,8 @@ def rollout(
     """
     if not elites:
         raise OmbrlError("rollout: the ensemble has no elite members")
+    if member_draw not in MEMBER_DRAWS:
+        raise OmbrlError(f"member_draw: {member_draw!r} is not one of {', '.join(MEMBER_DRAWS)}")
     if reward_source not in REWARD_SOURCES:
         raise OmbrlError(
             f"reward_source: {reward_source!r} is not one of {', '.join(REWARD_SOURCES)}"
@@ -135,41 +146,25 @@ def rollout(
     parts: list[Batch] = []
     u_sum, terminated, halted = 0.0, 0, 0
     for _ in range(length):
-        n = obs.shape[0]
-        act = policy(obs)
-        with torch.no_grad():
-            pred = predict(obs, act)
-        member = elite_index[torch.randint(len(elites), (n,), generator=generator, device=device)]
-        rows = torch.arange(n, device=device)
-        next_obs = pred.next_obs_mean[member, rows]
-        if pred.next_obs_var is not None:
-            noise = torch.randn(next_obs.shape, generator=generator, device=device)
-            next_obs = next_obs + pred.next_obs_var[member, rows].sqrt() * noise
-        if reward_source == "sampled":
-            rew = _sampled_reward(pred, member, rows, obs, act, next_obs, reward_fn, generator)
-        else:
-            rew = _mean_reward(pred, elite_index, obs, act, reward_fn)
-        terminal = terminal_fn(obs, act, next_obs)
-        halt = torch.zeros_like(terminal)
-        u = None
-        if pessimism.kind != "none":
-            u = uncertainty(pred, pessimism.uncertainty, pessimism.scale, elites)
-        if pessimism.kind == "penalty":
-            rew = rew - pessimism.penalty_lambda * u
-        elif pessimism.kind in HALTING_KINDS:
-            halt = u > pessimism.threshold
-            rew = halting_reward(rew, u, halt, pessimism)
-            terminal = terminal | halt
-        valid = torch.isfinite(next_obs).all(dim=-1) & torch.isfinite(rew)
-        if u is not None:
-            u_sum += float(u[valid].sum())
-        parts.append(
-            Batch(obs[valid], act[valid], rew[valid], next_obs[valid], terminal[valid].float())
+        step = model_step(
+            predict,
+            elite_index,
+            obs,
+            policy(obs),
+            reward_fn,
+            terminal_fn,
+            pessimism,
+            reward_source,
+            generator,
+            member_draw,
         )
-        alive = valid & ~terminal
+        valid, terminal = step.valid, step.batch.terminal.bool()
+        if step.u is not None:
+            u_sum += float(step.u[valid].sum())
+        parts.append(step.batch.select(valid))
         terminated += int((valid & terminal).sum())
-        halted += int((valid & halt).sum())
-        obs = next_obs[alive]
+        halted += int((valid & step.halt).sum())
+        obs = step.batch.next_obs[valid & ~terminal]
         if obs.shape[0] == 0:
             break
     batch = Batch.cat(parts)
@@ -184,6 +179,59 @@ def rollout(
     if pessimism.kind in HALTING_KINDS:
         stats["rollout_halted"] = halted / b
     return batch, stats
+
+
+class Step(NamedTuple):
+    """One model step of B samples, every row kept (see `valid`)."""
+
+    batch: Batch  # B transitions; terminal includes HALT
+    valid: Tensor  # B bool: the prediction and reward are finite (the others are dropped)
+    halt: Tensor  # B bool: ended by HALT (u > threshold)
+    u: Tensor | None  # B uncertainty; None without pessimism
+
+
+def model_step(
+    predict: PredictFn,
+    members: Tensor,
+    obs: Tensor,
+    act: Tensor,
+    reward_fn: RewardFn | None,
+    terminal_fn: TerminalFn,
+    pessimism: Pessimism,
+    reward_source: str,
+    generator: torch.Generator,
+    member_draw: str,
+) -> Step:
+    """Advance B samples by one model step under `act`; the arguments are `rollout`'s
+    (`members` as a tensor of indices)."""
+    n, device = obs.shape[0], obs.device
+    with torch.no_grad():
+        pred = predict(obs, act)
+    draws = n if member_draw == "per_sample" else 1
+    pick = torch.randint(len(members), (draws,), generator=generator, device=device)
+    member = members[pick].expand(n)
+    rows = torch.arange(n, device=device)
+    next_obs = pred.next_obs_mean[member, rows]
+    if pred.next_obs_var is not None:
+        noise = torch.randn(next_obs.shape, generator=generator, device=device)
+        next_obs = next_obs + pred.next_obs_var[member, rows].sqrt() * noise
+    if reward_source == "sampled":
+        rew = _sampled_reward(pred, member, rows, obs, act, next_obs, reward_fn, generator)
+    else:
+        rew = _mean_reward(pred, members, obs, act, reward_fn)
+    terminal = terminal_fn(obs, act, next_obs)
+    halt = torch.zeros_like(terminal)
+    u = None
+    if pessimism.kind != "none":
+        u = uncertainty(pred, pessimism.uncertainty, pessimism.scale, members.tolist())
+    if pessimism.kind == "penalty":
+        rew = rew - pessimism.penalty_lambda * u
+    elif pessimism.kind in HALTING_KINDS:
+        halt = u > pessimism.threshold
+        rew = halting_reward(rew, u, halt, pessimism)
+        terminal = terminal | halt
+    valid = torch.isfinite(next_obs).all(dim=-1) & torch.isfinite(rew)
+    return Step(Batch(obs, act, rew, next_obs, terminal.float()), valid, halt, u)
 
 
 def halting_reward(rew: Tensor, u: Tensor, halt: Tensor, pessimism: Pessimism) -> Tensor:

@@ -1,9 +1,9 @@
-"""Pessimism rules turned into numbers, once, from the dataset and the ensemble's elites.
+"""Pessimism rules turned into numbers, once, from the dataset and the ensemble's members.
 
 A study states rules (an uncertainty kind, a scale, a threshold rule and its coefficient, a
 HALT penalty or `null` for `-max |r|`); a rollout needs numbers (`model_env.Pessimism`). Rules
 that depend on the data (a threshold relative to the dataset's own uncertainty, the
-`jacobian` and `normalized` scales, the default HALT penalty) are resolved here, before
+`obs_std`, `target_std` and `jacobian` scales, the default HALT penalty) are resolved here, before
 training, and logged with every evaluation (`halt_threshold`, `halt_penalty`). Every method
 that rolls out in the model (the SAC family, MOReL) resolves its rules with this one function.
 """
@@ -30,12 +30,18 @@ from ombrl.tasks import Task
 class RolloutConfig:
     """Branched model rollouts of the SAC family (schema `$defs.model_rollouts` keys)."""
 
-    rollout_length: int  # h, model steps per rollout
-    rollout_batch: int  # start states (dataset states) per rollout round
-    rollout_every: int  # updates between rollout rounds
-    model_retain_epochs: int  # rollout rounds kept in the model buffer
+    rollout_length: int  # h, model steps per rollout (persistent: the most steps of one)
+    rollout_batch: int  # rounds: start states (dataset states) per rollout round
+    rollout_every: int  # rounds: updates between rollout rounds
+    model_retain_epochs: int  # rounds: rollout rounds kept in the model buffer
     real_ratio: float  # share of real transitions in each batch
-    reward_source: str  # sampled (MOPO, MBPO) | mean over elites (offline-model-based-rl)
+    reward_source: str  # sampled (MOPO, MBPO) | mean over the members (thesis penalty modes)
+    members: str  # all (offline-model-based-rl) | elites (MOPO, MBPO)
+    member_draw: str  # per_sample (MOPO, MBPO) | per_step (offline-model-based-rl)
+    random_fraction: float  # share of the first updates whose rollouts act uniformly at random
+    rollout_scheme: str  # rounds (MBPO, MOPO) | persistent (offline-model-based-rl)
+    persistent_rollouts: int  # persistent: rollouts advanced one step per update
+    model_buffer_size: int  # persistent: transitions the model buffer keeps (FIFO)
 
 
 @dataclass
@@ -43,7 +49,7 @@ class PenaltyRule:
     """`r - lambda * u` (schema `$defs.epistemic_penalty`, `$defs.aleatoric_penalty`)."""
 
     uncertainty: str  # epistemic | max_norm | max_var
-    scale: str  # none | normalized | morel | jacobian
+    scale: str  # none | obs_std | target_std | morel | jacobian
     penalty_lambda: float  # lambda
 
 
@@ -52,7 +58,7 @@ class PartitionRule:
     """MOReL's HALT (schema `$defs.partitioning` keys, plus the uncertainty and its scale)."""
 
     uncertainty: str  # epistemic | max_norm | max_var
-    scale: str  # none | normalized | morel | jacobian
+    scale: str  # none | obs_std | target_std | morel | jacobian
     threshold_rule: str  # absolute | max | meanstd | percentile | fraction
     threshold: float  # the threshold (absolute) or the rule's coefficient
     halt_reward: str  # replace | add
@@ -66,7 +72,7 @@ class ObjectiveRule:
     """
 
     objective: str  # survival | exploration-penalty | exploration-partitioning
-    scale: str  # none | normalized | morel | jacobian
+    scale: str  # none | obs_std | target_std | morel | jacobian
     threshold_rule: str  # absolute | max | meanstd | percentile | fraction
     threshold: float  # the out-of-distribution threshold (absolute) or the rule's coefficient
     penalty_lambda: float  # exploration: reward scale (penalty) or novelty level (partitioning)
@@ -77,8 +83,9 @@ def resolve_pessimism(
     ensemble: DynamicsEnsemble,
     dataset: Dataset,
     task: Task,
+    members: list[int],
 ) -> Pessimism:
-    """Turn a method's rule into numbers, from the dataset and the ensemble's elites.
+    """Turn a method's rule into numbers, from the dataset and the ensemble's `members`.
 
     The scale comes from `disagreement_scale` (the `jacobian` one from a fixed sample of
     dataset states); a threshold rule other than `absolute` is applied to the uncertainty of
@@ -90,6 +97,7 @@ def resolve_pessimism(
         ensemble: the dynamics model.
         dataset: the offline data.
         task: gives the position count of the `morel` scale.
+        members: the member indices rollouts measure u over (`uncertainty.member_indices`).
     """
     if rule is None:
         return Pessimism()
@@ -101,7 +109,7 @@ def resolve_pessimism(
         dataset.observations,
         dataset.actions,
         positions=positions,
-        members=ensemble.elites,
+        members=members,
     )
     scale = None if rule.scale == "none" else scale
     if isinstance(rule, PenaltyRule):
@@ -109,7 +117,7 @@ def resolve_pessimism(
     limit = rule.threshold
     if rule.threshold_rule != "absolute":
         values = dataset_uncertainty(
-            ensemble, dataset, [uncertainty], _STATISTICS_BATCH, scale, ensemble.elites
+            ensemble, dataset, [uncertainty], _STATISTICS_BATCH, scale, members
         )[uncertainty]
         limit = threshold(values, rule.threshold_rule, rule.threshold)
     if isinstance(rule, ObjectiveRule):

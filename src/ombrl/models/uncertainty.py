@@ -9,8 +9,9 @@ uncertainty `u(s, a)` is large. Two families of `u`, both from one `Prediction`:
   range (a joint velocity moves ~50x more than a joint angle).
 - aleatoric: the predicted noise itself (`max_norm`, MOPO; `max_var`, offline-model-based-rl).
   It also grows off the data, but it measures what a member believes is noise, not disagreement.
-  The same `scale` applies (to the std), so both kinds can be measured in the model's
-  standardised output space (`normalized`), the units of the upstream tuned thresholds.
+  The same `scale` applies (to the std), so both kinds can be measured in the units of
+  offline-model-based-rl's tuned lambdas and thresholds (`obs_std`: next states standardised
+  by the dataset's observation std, as its `get_prediction` measures them).
 
 A threshold on `u` only means something relative to the `u` the dataset itself gets, so
 `dataset_statistics` computes the distribution over every dataset transition and `threshold`
@@ -26,13 +27,18 @@ import torch
 from torch import Tensor
 from torch.func import vjp
 
+from ombrl.config import RENAMED_VALUES
 from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
 from ombrl.models.ensemble import DynamicsEnsemble, Prediction
 
 ALEATORIC_KINDS = ("max_norm", "max_var")
 UNCERTAINTY_KINDS = ("epistemic", *ALEATORIC_KINDS)
-SCALE_KINDS = ("none", "normalized", "morel", "jacobian")
+SCALE_KINDS = ("none", "obs_std", "target_std", "morel", "jacobian")
+#: Scale names that changed meaning or name -> the name to use now (one line in every error).
+RENAMED_SCALES = RENAMED_VALUES["scale"]
+#: Which members a rollout samples from and measures u over.
+MEMBER_SETS = ("all", "elites")
 THRESHOLD_RULES = ("max", "meanstd", "percentile", "fraction")
 # MOReL's weight of a velocity dimension relative to a position dimension.
 MOREL_VELOCITY_WEIGHT = 0.02
@@ -43,6 +49,16 @@ POSITION_DIMS = {"inverted_pendulum": 2, "hopper": 5, "walker2d": 8, "halfcheeta
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 # Bound on the floats in one hidden activation of the Jacobian pass (64 MiB).
 _JACOBIAN_CHUNK_ELEMENTS = 2**24
+
+
+def member_indices(ensemble: DynamicsEnsemble, members: str) -> list[int]:
+    """The member indices of a `MEMBER_SETS` name: every network (offline-model-based-rl) or
+    the elites (MOPO, MBPO)."""
+    if members == "all":
+        return list(range(ensemble.num_models))
+    if members == "elites":
+        return list(ensemble.elites)
+    raise OmbrlError(f"members: {members!r} is not one of {', '.join(MEMBER_SETS)}")
 
 
 def _select(x: Tensor, members: list[int] | None) -> Tensor:
@@ -158,8 +174,13 @@ def disagreement_scale(
     """Per-dimension weights that make state dimensions comparable in `epistemic`.
 
     - `none`: ones (raw units).
-    - `normalized`: `1 / std` of the model's next-state targets, i.e. distances and stds in
-      the standardised space the network predicts in (offline-model-based-rl's units).
+    - `obs_std`: `1 / std` of the dataset's observations (sample std, n - 1), so next states
+      are measured standardised by the statistics of the model's inputs: the units of
+      offline-model-based-rl's uncertainties (utils/preprocessing.py, applied to the mean next
+      states and used for its loss). A constant dimension (std 0) gets weight 1 where
+      upstream would divide by zero.
+    - `target_std`: `1 / std` of the model's targets (the state deltas), the space ombrl's
+      network predicts in; on Hopper 2-8 times the `obs_std` weights.
     - `morel`: 1 for the first `positions` dimensions, 0.02 for the rest (velocities).
     - `jacobian`: `1 / sqrt(mean over members and states of diag(J J^T))`, J = d f_m / d s the
       Jacobian of member m's mean next state w.r.t. the state. Dimension i's weight undoes how
@@ -169,7 +190,7 @@ def disagreement_scale(
     Args:
         kind: one of `SCALE_KINDS`.
         ensemble: the dynamics model (any device; its parameters are not changed).
-        obs: N x obs_dim dataset states (only `jacobian` reads them).
+        obs: N x obs_dim dataset states (`obs_std` and `jacobian` read them).
         act: N x act_dim actions taken in them.
         positions: leading position dimensions (`morel`; see `position_dims`).
         members: member indices averaged over (`jacobian`); None means all.
@@ -183,7 +204,11 @@ def disagreement_scale(
     obs_dim = ensemble.obs_dim
     if kind == "none":
         return torch.ones(obs_dim, device=device)
-    if kind == "normalized":
+    if kind == "obs_std":
+        std = torch.as_tensor(np.asarray(obs, dtype=np.float64).std(axis=0, ddof=1))
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        return std.reciprocal().to(device=device, dtype=torch.float32)
+    if kind == "target_std":
         return ensemble.target_std[:obs_dim].reciprocal()
     if kind == "morel":
         if positions is None or not 0 < positions <= obs_dim:
@@ -204,6 +229,8 @@ def disagreement_scale(
             obs, act = obs[rows], act[rows]
         mean_sq = jacobian_row_norms(ensemble, obs, act, members).mean(dim=(0, 1))
         return mean_sq.clamp_min(torch.finfo(mean_sq.dtype).tiny).rsqrt()
+    if kind in RENAMED_SCALES:
+        raise OmbrlError(f"disagreement scale: {kind!r} was renamed; use {RENAMED_SCALES[kind]}")
     raise OmbrlError(f"disagreement scale: {kind!r} is not one of {', '.join(SCALE_KINDS)}")
 
 
