@@ -31,12 +31,12 @@ def run(method: str, data, ensemble, **params) -> tuple[NPG, list[dict], list]:
         method,
         ensemble="tiny",
         iterations=6,
-        paths=8,
+        update_paths=4,
         horizon=30,
         eval_every=2,
         hidden_size=[16],
         value_hidden_size=[16],
-        bc_epochs=1,
+        bc_steps=5,
         **params,
     )
     pools = []
@@ -83,7 +83,12 @@ def test_the_threshold_rule_reaches_the_paths(dataset) -> None:
     loose = run("morel", dataset, model, threshold_rule="absolute", threshold=1e9)[1]
     tight = run("morel", dataset, model, threshold_rule="absolute", threshold=0.0)[1]
     assert all(r["paths_truncated"] == 0 for r in loose[1:])
-    assert all(r["paths_truncated"] == 1 and r["path_length"] == 1 for r in tight[1:])
+    # mjrl's and J-MOReL's cut: first violation + 1, never below 4 steps.
+    assert all(r["paths_truncated"] == 1 and r["path_length"] == 4 for r in tight[1:])
+    # Cut at once (`first`: 1 step): shorter than upstream's 5 observations, so every path is
+    # dropped and the update has nothing to learn from.
+    with pytest.raises(OmbrlError, match="no valid steps"):
+        run("morel", dataset, model, threshold_rule="absolute", threshold=0.0, truncation="first")
 
 
 def test_j_morel_needs_elites(dataset) -> None:
@@ -100,12 +105,18 @@ def test_bad_settings_are_one_line_errors_before_training() -> None:
     study["modes"]["jm"] = {"method": "j-morel", "ensemble": "all-members"}
     study["modes"]["mo"] = {"method": "morel", "ensemble": "pnn-small", "horizon": 0}
     study["modes"]["mo2"] = {"method": "morel", "ensemble": "pnn-small", "threshold_rule": "q"}
+    study["modes"]["mo3"] = {"method": "morel", "ensemble": "pnn-small", "paths": 40}
+    study["modes"]["mo4"] = {"method": "morel", "ensemble": "pnn-small", "input_scaling": "morel"}
+    study["modes"]["jm2"] = {"method": "j-morel", "ensemble": "pnn-small", "bc_epochs": 5}
     with pytest.raises(OmbrlError) as info:
         load_study(study, "s.yaml", root=ROOT)
     lines = str(info.value).splitlines()
     assert any("modes.jm.ensemble: j-morel needs elites, but all-members keeps" in x for x in lines)
     assert any("modes.mo.horizon: 0 is less than the minimum of 1" in x for x in lines)
     assert any("modes.mo2.threshold_rule: 'q' is not one of" in x for x in lines)
+    assert any("modes.mo3.paths: renamed: use update_paths (start states" in x for x in lines)
+    assert any("modes.mo4.input_scaling: 'morel' is renamed: use none (raw" in x for x in lines)
+    assert any("modes.jm2.bc_epochs: renamed: use bc_steps" in x for x in lines)
 
 
 def test_morel_from_the_cli(tmp_path) -> None:
@@ -115,7 +126,7 @@ def test_morel_from_the_cli(tmp_path) -> None:
         "--transitions", "1200", "--seed", "3", "--output", str(data), "--quiet",
     ).returncode == 0  # fmt: skip
     assert train_tiny_ensemble(data, tmp_path / "ens").returncode == 0
-    params = ["iterations=3", "paths=4", "horizon=20", "hidden_size=8"]
+    params = ["iterations=3", "update_paths=2", "horizon=20", "hidden_size=8", "bc_steps=10"]
     result = ombrl(
         "train-policy", "--dataset", str(data), "--mode", "j-morel", "--name", "jm-small",
         "--ensemble", str(tmp_path / "ens"), "--params", *params, "--eval-episodes", "1",

@@ -333,6 +333,8 @@ def test_the_d4rl_study_plans_every_job_with_its_tuned_values(tmp_path):
     jmorel = [line for line in result.stdout.splitlines() if "--mode j-morel" in line]
     assert len(jmorel) == datasets * seeds
     walker = [c for c in jmorel if "walker2d-random-v2.hdf5" in c]
-    assert all("threshold=20" in c and "halt_penalty=-30" in c and "paths=100" in c for c in walker)
+    assert all(
+        "threshold=20" in c and "halt_penalty=-30" in c and "update_paths=100" in c for c in walker
+    )
     cheetah = [c for c in jmorel if "halfcheetah-medium-v2.hdf5" in c]
     assert all("ensembles/pnn-4x512-cheetah/" in c and "horizon=1000" in c for c in cheetah)

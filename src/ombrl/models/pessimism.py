@@ -77,6 +77,7 @@ def resolve_pessimism(
     ensemble: DynamicsEnsemble,
     dataset: Dataset,
     task: Task,
+    scale_members: list[int] | None = None,
 ) -> Pessimism:
     """Turn a method's rule into numbers, from the dataset and the ensemble's elites.
 
@@ -90,6 +91,8 @@ def resolve_pessimism(
         ensemble: the dynamics model.
         dataset: the offline data.
         task: gives the position count of the `morel` scale.
+        scale_members: the members the `jacobian` scale averages over (None: the elites;
+            J-MOReL: all members). The threshold is always measured over the elites.
     """
     if rule is None:
         return Pessimism()
@@ -101,7 +104,7 @@ def resolve_pessimism(
         dataset.observations,
         dataset.actions,
         positions=positions,
-        members=ensemble.elites,
+        members=ensemble.elites if scale_members is None else scale_members,
     )
     scale = None if rule.scale == "none" else scale
     if isinstance(rule, PenaltyRule):
