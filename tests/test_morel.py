@@ -148,3 +148,33 @@ def test_morel_from_the_cli(tmp_path) -> None:
         "--output", str(tmp_path / "bad"),
     )  # fmt: skip
     assert_user_error(bc, "--track-eval: for methods evaluated per iteration, not bc")
+
+
+def test_morel_masks_its_inputs_in_training_and_in_the_saved_policy(dataset) -> None:
+    """mjrl multiplies every observation by the mask (1 positions, 0.02 velocities): the
+    policy and baseline see obs * mask, and the saved policy applies it to raw observations."""
+    model = tiny_ensemble(dataset)
+    agent, _, _ = run("morel", dataset, model)
+    mask = torch.tensor([1.0, 1.0, 0.02, 0.02])  # InvertedPendulum: 2 positions, 2 velocities
+    torch.testing.assert_close(agent.obs_mean, torch.zeros(4))
+    torch.testing.assert_close(agent.obs_std * mask, torch.ones(4))
+    obs = torch.as_tensor(dataset.observations[:50])
+    masked = agent.mean_net(obs * mask).detach()
+    torch.testing.assert_close(agent.policy(obs, deterministic=True), masked)
+    features = agent.value_features(obs, torch.zeros(50))[:, :4]
+    torch.testing.assert_close(features, (obs * mask).clamp(-10, 10) / 10)
+    meta = {"config": settings("morel", ensemble="tiny", hidden_size=[16], value_hidden_size=[16]),
+            "env_id": dataset.env_id}  # fmt: skip
+    act = morel_module.load_policy(meta, agent.state_dict(), torch.device("cpu"), 0)
+    np.testing.assert_allclose(act(obs.numpy()), masked.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_j_morel_znorm_is_mean_and_mean_absolute_deviation(dataset) -> None:
+    model = tiny_ensemble(dataset)
+    agent, _, _ = run("j-morel", dataset, model)
+    obs = dataset.observations.astype(np.float64)
+    mean = obs.mean(0)
+    mad = np.abs(obs - mean).mean(0)  # J-MOReL train_morel.py:150
+    np.testing.assert_allclose(agent.obs_mean.numpy(), mean, rtol=1e-5)
+    np.testing.assert_allclose(agent.obs_std.numpy(), mad, rtol=1e-5)
+    assert not np.allclose(mad, obs.std(0), rtol=0.05)  # not the standard deviation

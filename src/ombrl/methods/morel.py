@@ -51,7 +51,7 @@ from ombrl.models.model_env import Pessimism
 from ombrl.models.paths import UPSTREAM_MIN_PATH_STEPS, Paths, model_paths
 from ombrl.models.pessimism import PartitionRule, resolve_pessimism, resolved_numbers
 from ombrl.models.uncertainty import POSITION_DIMS, observation_mask
-from ombrl.tasks import Task, get_task
+from ombrl.tasks import RewardFn, TerminalFn, get_task, model_functions
 from ombrl.training.loop import Evaluation, make_learner, run_updates
 
 
@@ -87,12 +87,13 @@ def train(method: str, cfg: dict, inputs: Inputs, on_eval: Callable[[dict], None
     members = list(range(ensemble.num_models)) if cfg["halt_members"] == "all" else None
     rule = build(PartitionRule, cfg)
     pessimism = resolve_pessimism(rule, ensemble, dataset, task, scale_members=members)
+    code = "mjrl" if method == "morel" else "j-morel"
     sampler = PathSampler(
         start_states(dataset, device),
         cfg["update_paths"],
         cfg["horizon"],
         ensemble,
-        task,
+        model_functions(task, code, cfg["model_functions"]),
         pessimism,
         PathRules(cfg["truncation"], cfg["path_scheme"], cfg["halt_value"], members),
         lambda obs: agent.policy(obs, deterministic=False),
@@ -160,8 +161,8 @@ class PathSampler:
         update_paths: start states per iteration (paths per member).
         horizon: most steps per path.
         ensemble: the dynamics model (its elites are followed).
-        task: reward and termination functions (the ensemble's reward head instead when it
-            learned one).
+        functions: the reward and termination in the model (`tasks.model_functions`; the
+            ensemble's reward head instead of the reward when it learned one).
         pessimism: resolved HALT numbers.
         rules: truncation, path scheme, HALT value and members.
         policy: the stochastic policy, `obs B x obs_dim -> act B x act_dim`.
@@ -175,7 +176,7 @@ class PathSampler:
         update_paths: int,
         horizon: int,
         ensemble: DynamicsEnsemble,
-        task: Task,
+        functions: tuple[RewardFn, TerminalFn],
         pessimism: Pessimism,
         rules: PathRules,
         policy: Callable[[Tensor], Tensor],
@@ -183,7 +184,8 @@ class PathSampler:
         generator: torch.Generator,
     ) -> None:
         self.pool, self.update_paths, self.horizon = pool, update_paths, horizon
-        self.ensemble, self.task, self.pessimism = ensemble, task, pessimism
+        self.ensemble, self.pessimism = ensemble, pessimism
+        self.reward, self.terminal = functions
         self.rules, self.policy, self.generator = rules, policy, generator
         self.low, self.high = (torch.as_tensor(b, device=pool.device) for b in bounds)
 
@@ -203,8 +205,8 @@ class PathSampler:
             self.policy,
             starts,
             self.horizon,
-            None if self.ensemble.predict_reward else self.task.reward,
-            self.task.terminal,
+            None if self.ensemble.predict_reward else self.reward,
+            self.terminal,
             self.pessimism,
             self.rules.truncation,
             self.generator,
