@@ -15,6 +15,9 @@ from ombrl.config import load_study, read_yaml
 from ombrl.errors import OmbrlError
 from ombrl.methods import Inputs, method_module
 from ombrl.methods import morel as morel_module
+from ombrl.models.model_env import Pessimism
+from ombrl.models.paths import model_paths
+from ombrl.tasks import get_task
 from ombrl.training.loop import Evaluation
 
 pytestmark = pytest.mark.slow
@@ -178,3 +181,43 @@ def test_j_morel_znorm_is_mean_and_mean_absolute_deviation(dataset) -> None:
     np.testing.assert_allclose(agent.obs_mean.numpy(), mean, rtol=1e-5)
     np.testing.assert_allclose(agent.obs_std.numpy(), mad, rtol=1e-5)
     assert not np.allclose(mad, obs.std(0), rtol=0.05)  # not the standard deviation
+
+
+@pytest.mark.parametrize("halt_members", [None, [0, 1, 2]])
+def test_the_sampler_runs_only_the_members_it_uses(dataset, halt_members) -> None:
+    """Elites [0, 2] followed, HALT over the elites (only 2 members run) or all 3 (J-MOReL):
+    the paths are those of the full ensemble's predictions with the same members."""
+    model = tiny_ensemble(dataset)  # 3 members, elites [0, 2]
+    task = get_task(dataset.env_id)
+    pessimism = Pessimism("partitioning", "epistemic", threshold=0.05, halt_reward="add")
+    pool = morel_module.start_states(dataset, torch.device("cpu"))
+    counts: list[int] = []
+    original = model.predict
+
+    def counting(obs, act, members=None):
+        pred = original(obs, act, members)
+        counts.append(pred.next_obs_mean.shape[0])
+        return pred
+
+    def policy(obs):
+        return torch.tanh(obs[:, :1])
+
+    model.predict = counting
+    rules = morel_module.PathRules("j-morel", "per-model", "bootstrap", halt_members)
+    bounds = (np.array([-3.0]), np.array([3.0]))
+    sampler = morel_module.PathSampler(
+        pool, 3, 12, model, (task.reward, task.terminal), pessimism, rules, policy, bounds,
+        torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    paths, _ = sampler(0)
+    assert set(counts) == {2 if halt_members is None else 3}
+    index = torch.randint(len(pool), (3,), generator=torch.Generator().manual_seed(0))
+    full = model_paths(
+        original, [0, 2], policy, pool[index].repeat(2, 1), 12, task.reward, task.terminal,
+        pessimism, "j-morel", torch.Generator(), -3.0, 3.0,
+        path_member=torch.tensor([0, 2]).repeat_interleave(3), halt_members=halt_members or [0, 2],
+        halt_value="bootstrap", min_steps=5,
+    )  # fmt: skip
+    torch.testing.assert_close(paths.obs, full.obs)
+    torch.testing.assert_close(paths.rew, full.rew)
+    assert paths.lengths.tolist() == full.lengths.tolist() and len(paths) + paths.dropped == 6

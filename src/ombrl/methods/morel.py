@@ -195,12 +195,20 @@ class PathSampler:
         index = torch.randint(
             len(self.pool), (self.update_paths,), generator=self.generator, device=device
         )
-        elites = self.ensemble.elites
+        # Only the members the paths follow or HALT measures are run, as positions 0..K-1.
+        elites, measured = self.ensemble.elites, self.rules.halt_members
+        used = sorted(set(elites) | set(measured or ()))
+        position = {m: k for k, m in enumerate(used)}
+        run = (
+            None if len(used) == self.ensemble.num_models else torch.as_tensor(used, device=device)
+        )
+        elites = [position[m] for m in elites]
+        measured = None if measured is None else [position[m] for m in measured]
         # Member-major, as upstream: every start state under member 0, then member 1, ...
         starts = self.pool[index].repeat(len(elites), 1)
         member = torch.as_tensor(elites, device=device).repeat_interleave(self.update_paths)
         paths = model_paths(
-            self.ensemble.predict,
+            lambda obs, act: self.ensemble.predict(obs, act, run),
             elites,
             self.policy,
             starts,
@@ -213,7 +221,7 @@ class PathSampler:
             self.low,
             self.high,
             path_member=member if self.rules.path_scheme == "per-model" else None,
-            halt_members=self.rules.halt_members,
+            halt_members=measured,
             halt_value=self.rules.halt_value,
             min_steps=UPSTREAM_MIN_PATH_STEPS,
         )
