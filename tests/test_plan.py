@@ -134,3 +134,31 @@ def test_calibration_is_quick_and_scales_with_size(tmp_path):
     for name in ("ensemble_step", "sac_update", "bc_update", "model_step"):
         assert units[name]["per_flop_s"] > 0, name
     assert 0.1 < units["startup"]["overhead_s"] < 60
+
+
+def test_an_npg_iteration_is_priced_per_start_state_and_elite():
+    """MOReL's paths are update_paths start states x the elites: the model's FLOPs per
+    iteration grow with both (one second per model-step FLOP, nothing else costs)."""
+    from ombrl.plan import DatasetInfo
+
+    units = {name: {"overhead_s": 0.0, "per_flop_s": 0.0} for name in [*UNITS, "startup"]}
+    units["model_step"]["per_flop_s"] = 1.0
+    pricer = Pricer({}, units, Path("."))
+    data = DatasetInfo(1000, 11, 3, 1000)
+    params = {**settings_of("morel"), "update_paths": 10, "horizon": 7}
+    ensemble = read_yaml(Path("config/ensembles/morel.yaml")) | {"predict_reward": False}
+
+    def cost(update_paths: int, elites: int) -> float:
+        return pricer.npg_iteration(
+            data, params | {"update_paths": update_paths}, ensemble | {"num_elites": elites}
+        )
+
+    assert cost(20, 4) == pytest.approx(2 * cost(10, 4))
+    assert cost(10, 2) == pytest.approx(cost(10, 4) / 2)
+    assert cost(10, 8) == pytest.approx(cost(10, 4))  # elites beyond the members do not count
+
+
+def settings_of(method: str) -> dict:
+    from ombrl.config import resolve_mode
+
+    return resolve_mode(method, {"ensemble": "-"}, "test")
