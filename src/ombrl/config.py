@@ -568,7 +568,7 @@ _NPG_RENAMED: dict = {
     "paths": "update_paths (start states per iteration, each rolled out once per elite: "
     "paths was the total)",
     "bc_epochs": "bc_steps (behaviour-cloning minibatch steps; upstream's 5 epochs over 1M "
-    "transitions are 19535)",
+    "transitions are 19530)",
     ("input_scaling", "morel"): "none (raw observations, what morel meant) or mask (MOReL's "
     "observation mask, what upstream's morel is)",
 }

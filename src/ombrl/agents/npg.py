@@ -518,8 +518,8 @@ class NPG(Agent):
         """Behaviour cloning of the policy mean: MSE to the dataset's actions (clipped to the
         bounds), `bc_steps` minibatches of `bc_batch_size` in shuffled passes over the data
         (a pass's last minibatch may be smaller), a fresh Adam (`bc_lr`). The log-std is left
-        as it is. Steps, not epochs: mjrl's 5 epochs over 1M transitions are 19,535 steps of
-        256 whatever the size of the data here.
+        as it is. Steps, not epochs: mjrl's and J-MOReL's 5 epochs of `int(N / 256)` full
+        minibatches over 1M transitions are 19,530 steps, whatever the size of the data here.
 
         Args:
             obs: N x obs_dim dataset states.
