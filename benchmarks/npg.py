@@ -1,8 +1,10 @@
 """Cost of one MOReL / J-MOReL NPG iteration at J-MOReL's HalfCheetah sizes, by part.
 
-One iteration: 40 paths of 1000 steps of the current policy (64x64 tanh Gaussian) in a
-7-member 4x512 probabilistic `DynamicsEnsemble` (swish) with 4 elites, HalfCheetah's task
-reward, HALT uncertainty (epistemic, over the elites) measured every step; then the NPG update,
+One iteration: 40 start states each rolled out once per elite (160 paths, each following its
+elite's mean: `path_scheme: per-model`) for 1000 steps of the current policy (64x64 tanh
+Gaussian) in a 7-member 4x512 probabilistic `DynamicsEnsemble` (swish) with 4 elites,
+HalfCheetah's task reward, HALT uncertainty (epistemic, over all 7 members as J-MOReL's
+`halt_members: all`) measured every step; then the NPG update,
 split into its value fit (128x128 ReLU baseline, 1 epoch of batch 256) and its policy step
 (GAE, 20 conjugate-gradient iterations, normalised step). Obs 17, act 6. Untrained weights with
 the threshold at infinity, so every path runs the full horizon (the cost HALT saves is not
@@ -18,7 +20,8 @@ Ratios: loop / ours (speedup) and floor / ours (share of the floor reached). The
 rollouts are timed interleaved, `--repeats` rounds, medians printed; the load average is
 printed because other processes lower every number.
 
-    .venv/bin/python benchmarks/npg.py [--threads N] [--paths 40] [--horizon 1000] [--repeats 3]
+    .venv/bin/python benchmarks/npg.py [--threads N] [--update-paths 40] [--horizon 1000]
+        [--repeats 3]
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ from ombrl.tasks import get_task
 OBS, ACT, MEMBERS, HIDDEN, ELITES = 17, 6, 7, [512] * 4, [0, 1, 2, 3]
 # mjrl / J-MOReL's NPG (the schema's defaults; HalfCheetah: init log-std -1.0).
 CONFIG = build(
-    NPGConfig, resolve_mode("morel", {"ensemble": "-", "init_log_std": -1.0}, "benchmark")
+    NPGConfig,
+    resolve_mode(
+        "morel", {"ensemble": "-", "init_log_std": -1.0, "input_scaling": "none"}, "benchmark"
+    ),
 )
 HALT = Pessimism("partitioning", "epistemic", threshold=float("inf"), halt_reward="add")
 
@@ -107,6 +113,7 @@ def rollout(
     agent: NPG, predict: Callable[[Tensor, Tensor], Prediction], start: Tensor, horizon: int
 ) -> Paths:
     task = get_task("HalfCheetah-v4")
+    update_paths = start.shape[0] // len(ELITES)
     return model_paths(
         predict,
         ELITES,
@@ -120,6 +127,9 @@ def rollout(
         torch.Generator().manual_seed(1),
         -1.0,
         1.0,
+        path_member=torch.tensor(ELITES).repeat_interleave(update_paths),
+        halt_members=list(range(MEMBERS)),
+        halt_value="bootstrap",
     )
 
 
@@ -132,28 +142,33 @@ def seconds(fn: Callable[[], object]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--paths", type=int, default=40, help="paths per iteration")
+    parser.add_argument(
+        "--update-paths", type=int, default=40, help="start states per iteration (x elites)"
+    )
     parser.add_argument("--horizon", type=int, default=1000, help="steps per path")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    paths = args.update_paths * len(ELITES)
     print(
         f"torch threads {torch.get_num_threads()}, torch {torch.__version__}, load average "
-        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.paths} paths x "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {paths} paths "
+        f"({args.update_paths} start states x {len(ELITES)} elites) x "
         f"{args.horizon} steps, ensemble {MEMBERS} x 4x512 probabilistic, {len(ELITES)} elites",
         flush=True,
     )
     model = ensemble()
     agent = NPG(OBS, ACT, -1.0, 1.0, CONFIG, torch.device("cpu"), 0)
-    start = torch.randn(args.paths, OBS, generator=torch.Generator().manual_seed(0)) * 0.1
+    start = torch.randn(args.update_paths, OBS, generator=torch.Generator().manual_seed(0))
+    start = 0.1 * start.repeat(len(ELITES), 1)  # member-major, as the sampler
     loop_predict = member_loop(model)
     with torch.no_grad():  # the two ensembles compute the same predictions
         x = torch.randn(8, OBS), torch.rand(8, ACT) * 2 - 1
         a, b = model.predict(*x), loop_predict(*x)
         torch.testing.assert_close(a.next_obs_mean, b.next_obs_mean, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(a.next_obs_var, b.next_obs_var, rtol=1e-4, atol=1e-6)
-    floor = matmul_floor(model, args.paths, args.horizon)
+    floor = matmul_floor(model, paths, args.horizon)
     rollouts: dict[str, Callable[[], object]] = {
         "ours": lambda: rollout(agent, model.predict, start, args.horizon),
         "loop": lambda: rollout(agent, loop_predict, start, args.horizon),

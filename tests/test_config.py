@@ -226,8 +226,15 @@ def test_a_planner_that_cannot_plan_with_its_ensembles_elites_is_refused_before_
 def test_the_locomotion_study_is_the_d4rl_study_on_generated_data():
     """config/locomotion.yaml keeps d4rl.yaml's settings, dataset for dataset (no drift)."""
     d4rl, loco = (read_yaml(ROOT / "config" / f"{name}.yaml") for name in ("d4rl", "locomotion"))
-    for key in ("seeds", "ensembles", "modes", "evaluation", "scores"):
+    for key in ("seeds", "ensembles", "evaluation", "scores"):
         assert loco[key] == d4rl[key], key
+    named = {  # a mode restricted to some datasets names them by the study's dataset names
+        name: {**mode, "datasets": [f"{d}-v2" for d in mode["datasets"]]}
+        if "datasets" in mode
+        else mode
+        for name, mode in loco["modes"].items()
+    }
+    assert named == d4rl["modes"]
     assert {f"{name}-v2": values for name, values in loco["overrides"].items()} == d4rl["overrides"]
     assert {f"{name}-v2" for name in loco["datasets"]} == set(d4rl["datasets"])
     study = load_study(loco, "config/locomotion.yaml", root=ROOT)

@@ -183,3 +183,23 @@ def test_relu_and_linear_models_work():
     with torch.no_grad():
         pred = model.predict(torch.randn(3, OBS), torch.randn(3, ACT))
     assert pred.next_obs_mean.shape == (2, 3, OBS)
+
+
+@pytest.mark.parametrize("probabilistic", [True, False])
+def test_predict_runs_only_the_members_asked_for(probabilistic: bool) -> None:
+    model = make(probabilistic=probabilistic, reward=True)
+    with torch.no_grad():
+        if probabilistic:  # per-member bounds: the subset must use its own members'
+            model.max_logvar.sub_(torch.arange(E).view(E, 1, 1) * 0.5)
+        for k, layer in enumerate([*model.hidden, model.head]):
+            layer.weight.add_(0.1 * k)  # distinct members, distinct layers
+        obs, act = torch.randn(6, OBS), torch.randn(6, ACT)
+        full = model.predict(obs, act)
+        part = model.predict(obs, act, torch.tensor([3, 0]))
+    assert part.next_obs_mean.shape[0] == 2
+    for name in ("next_obs_mean", "next_obs_var", "reward_mean", "reward_var"):
+        whole = getattr(full, name)
+        if whole is None:
+            assert getattr(part, name) is None
+        else:
+            torch.testing.assert_close(getattr(part, name), whole[[3, 0]])

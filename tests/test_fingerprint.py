@@ -68,7 +68,7 @@ def test_every_module_a_real_job_imports_is_in_its_stage_fingerprint(tmp_path):
     settings = {
         "bc": ["steps=2", "hidden_size=8"],
         "aleatoric-partitioning": ["steps=2", "hidden_size=8", "rollout_batch=10"],
-        "j-morel": ["iterations=1", "paths=2", "horizon=3", "hidden_size=8"],
+        "j-morel": ["iterations=1", "update_paths=1", "horizon=5", "hidden_size=8", "bc_steps=2"],
         "pets": [],
     }
     for method, params in settings.items():

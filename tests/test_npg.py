@@ -26,6 +26,7 @@ def config(**overrides) -> NPGConfig:
     """The schema's NPG defaults (mjrl / J-MOReL's values) with small networks; tests override
     what they exercise (a linear policy, `hidden_size=[]`, too, which no study may ask for)."""
     params = {"ensemble": "-", "hidden_size": [32, 32], "value_hidden_size": [32, 32]}
+    params["input_scaling"] = "none"
     return replace(build(NPGConfig, resolve_mode("morel", params, "test")), **overrides)
 
 
@@ -262,9 +263,11 @@ def constant_value(agent: NPG, c: float) -> None:
         getattr(agent.value_net, f"bias{last}").fill_(c)
 
 
-def test_halted_paths_do_not_bootstrap_and_horizon_paths_do() -> None:
+def test_absorbing_halted_paths_do_not_bootstrap_and_horizon_paths_do() -> None:
+    # halt_value absorbing (the MOReL paper), value_targets bootstrapped (ombrl's option).
     gamma, lam, c = 0.9, 0.8, 100.0
-    agent = NPG(1, 1, -1.0, 1.0, config(gamma=gamma, gae_lambda=lam), CPU, 0)
+    cfg = config(gamma=gamma, gae_lambda=lam, value_targets="bootstrapped")
+    agent = NPG(1, 1, -1.0, 1.0, cfg, CPU, 0)
     constant_value(agent, c)
     p = paths_from([0.0, -10.0], 5, halt("replace"), "first")  # halted at step 3; horizon
     batch = agent.prepare(p)
@@ -385,7 +388,7 @@ def test_bc_init_reproduces_a_linear_expert() -> None:
     k = torch.randn(4, 2, generator=g) * 0.2
     obs = torch.randn(3000, 4, generator=g)
     held_out = torch.randn(500, 4, generator=g)
-    agent = NPG(4, 2, -1.0, 1.0, config(bc_epochs=20, bc_lr=3e-3, bc_batch_size=128), CPU, 0)
+    agent = NPG(4, 2, -1.0, 1.0, config(bc_steps=480, bc_lr=3e-3, bc_batch_size=128), CPU, 0)
     metrics = agent.bc_init(obs, (obs @ k).clamp(-1, 1), gen(8))
     expert = (held_out @ k).clamp(-1, 1)
     error = (agent.policy(held_out, deterministic=True) - expert).square().mean().item()
@@ -401,7 +404,7 @@ def test_znorm_standardises_the_policy_input() -> None:
     torch.testing.assert_close(
         scaled.policy(obs, deterministic=True), raw.policy((obs - mean) / std, deterministic=True)
     )
-    with pytest.raises(OmbrlError, match="znorm"):
+    with pytest.raises(OmbrlError, match="znorm needs"):
         NPG(2, 1, -1.0, 1.0, config(input_scaling="znorm"), CPU, 0)
 
 
@@ -485,3 +488,156 @@ def test_same_seed_same_numbers_and_state_dict_resumes_exactly() -> None:
     other = NPG(1, 1, -1.0, 1.0, config(hidden_size=[8]), CPU, 3)
     with pytest.raises(OmbrlError, match="NPG state"):
         other.load_state_dict(a.state_dict())
+
+
+# ------------------------------------------------------------------ upstream's path scheme
+# Expected values from upstream's own code, run once on these inputs in a scratch venv
+# (numpy 2.4.6): `python upstream_values.py` (kept in the issue-32 report), importing
+# J-MOReL 03bdf559 algorithms/morel.py (MOReL.penalize_trajectories; its utils.scaling
+# import stubbed, unused there) and mjrl v2 15bf3c0 mjrl/utils/process_samples.py
+# (compute_returns, compute_advantages). Members m0 = s + 1 (generates the paths),
+# m1 = s + 1 + 10 [s >= 2.5], m2 = s + 1; threshold 5; rewards s + 1; horizon 8.
+UPSTREAM_PENALIZED = {  # start state -> (observations, rewards with penalty -50); never terminal
+    0.0: ([0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, -46.0]),
+    1.0: ([1.0, 2.0, 3.0, 4.0], [2.0, 3.0, 4.0, -45.0]),
+    -10.0: ([-10.0 + k for k in range(8)], [-9.0 + k for k in range(8)]),
+}
+# mjrl, truncate reward 0, gamma 0.9, lambda 0.8, baseline b(s, t) = 10 s + 12.5 t.
+UPSTREAM_RETURNS = [
+    [8.146, 7.94, 6.6, 4.0],
+    [11.585, 10.65, 8.5, 5.0],
+    [-34.4373768, -28.263752, -22.51528, -17.2392, -12.488, -8.32, -4.8, -2.0],
+]
+UPSTREAM_ADVANTAGES = [
+    [44.343568, 32.0744, 16.77, -2.75],
+    [44.343568, 32.0744, 16.77, -2.75],
+    [60.309413995847, 54.249186105344, 47.5683140352, 40.02543616, 31.285328, 20.8824, 8.17, -7.75],
+]
+
+
+def three_members(obs: Tensor, act: Tensor) -> Prediction:
+    mean = (obs + 1).expand(3, -1, -1).clone()
+    mean[1] += 10.0 * (obs >= 2.5)
+    return Prediction(mean, torch.full_like(mean, 4.0), None, None)  # variance ignored
+
+
+def upstream_paths(penalty: float, halt_value: str = "bootstrap") -> Paths:
+    pessimism = Pessimism(
+        "partitioning", "epistemic", threshold=5.0, halt_reward="add", halt_penalty=penalty
+    )
+    start = torch.tensor([[0.0], [1.0], [-10.0]])
+    return model_paths(
+        three_members,
+        [0],
+        zero_policy,
+        start,
+        8,
+        state_reward,
+        never,
+        pessimism,
+        "j-morel",
+        gen(),
+        path_member=torch.zeros(3, dtype=torch.long),
+        halt_members=[0, 1, 2],
+        halt_value=halt_value,
+        min_steps=5,
+    )
+
+
+def test_per_model_paths_are_j_morels_penalized_trajectories() -> None:
+    p = upstream_paths(-50.0)
+    for i, (obs, rew) in enumerate(UPSTREAM_PENALIZED.values()):
+        n = len(obs)
+        assert p.lengths[i].item() == n
+        assert p.obs[i, :n, 0].tolist() == obs and p.rew[i, :n].tolist() == rew
+    assert not p.terminal.any()  # upstream's `terminated` is False on every path
+    assert p.halted.tolist() == [True, True, False]
+
+
+def test_bootstrap_halt_value_is_mjrls_advantage_and_returns() -> None:
+    gamma, lam = 0.9, 0.8
+    cfg = config(gamma=gamma, gae_lambda=lam)  # value_targets: returns (mjrl)
+    agent = NPG(1, 1, -1.0, 1.0, cfg, CPU, 0)
+    agent.value = lambda obs, time: 10 * obs[:, 0] + 12.5 * time * 8  # b(s, t), t = time * 8
+    p = upstream_paths(0.0)
+    batch = agent.prepare(p)
+    np.testing.assert_allclose(batch.returns.numpy(), sum(UPSTREAM_RETURNS, []), rtol=1e-5)
+    adv = np.array(sum(UPSTREAM_ADVANTAGES, []))
+    assert batch.stats["advantage_mean"] == pytest.approx(adv.mean(), rel=1e-5)
+    np.testing.assert_allclose(
+        batch.advantages.numpy(), (adv - adv.mean()) / (adv.std() + 1e-6), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_halt_value_at_the_halted_step_by_hand() -> None:
+    # Path 0 halts at its 4th step (s = 3, reward 4 + 0); b(s, t) = 10 s + 12.5 t.
+    gamma = 0.9
+    v_last = 10 * 3 + 12.5 * 3  # the last kept state's value, mjrl's b[-1]
+    by_value = {
+        "bootstrap": 4.0 + gamma * v_last - v_last,  # upstream: bootstrap from b[-1]
+        "absorbing": 4.0 - v_last,  # the MOReL paper: HALT is absorbing, value 0
+    }
+    for halt_value, expected in by_value.items():
+        agent = NPG(1, 1, -1.0, 1.0, config(gamma=gamma, gae_lambda=0.8), CPU, 0)
+        agent.value = lambda obs, time: 10 * obs[:, 0] + 12.5 * time * 8
+        p = upstream_paths(0.0, halt_value)
+        assert p.terminal[0].item() == (halt_value == "absorbing")
+        batch = agent.prepare(p)
+        raw = (
+            batch.advantages * (batch.stats["advantage_std"] + 1e-6) + batch.stats["advantage_mean"]
+        )
+        assert raw[3].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_each_start_state_once_per_member_each_path_one_members_mean() -> None:
+    # Member k moves s by k + 1 (a Gaussian with variance 4 that per-model paths ignore).
+    def movers(obs: Tensor, act: Tensor) -> Prediction:
+        mean = torch.stack([obs + 1, obs + 2, obs + 3])
+        return Prediction(mean, torch.full_like(mean, 4.0), None, None)
+
+    starts = torch.tensor([[0.0], [100.0]]).repeat(2, 1)  # 2 start states x elites [0, 2]
+    member = torch.tensor([0, 2]).repeat_interleave(2)
+    p = model_paths(
+        movers,
+        [0, 2],
+        zero_policy,
+        starts,
+        6,
+        state_reward,
+        never,
+        Pessimism(),
+        "j-morel",
+        gen(),
+        path_member=member,
+        halt_value="bootstrap",
+        min_steps=5,
+    )
+    assert len(p) == 4 and p.lengths.tolist() == [6] * 4
+    step = (p.obs[:, 1:6, 0] - p.obs[:, :5, 0]).unique(dim=1)
+    assert step[:, 0].tolist() == [1.0, 1.0, 3.0, 3.0]  # one member per path, its mean
+
+
+def test_paths_shorter_than_five_observations_are_dropped_as_upstream_counts() -> None:
+    # Task termination on reaching s >= 3: from s0 = 0 the path's states are 0, 1, 2, 3 (four
+    # observations upstream, which keeps the failing state): dropped; from s0 = -1 five: kept.
+    def at_three(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
+        return next_obs[:, 0] >= 3.0
+
+    p = model_paths(
+        three_members,
+        [0],
+        zero_policy,
+        torch.tensor([[0.0], [-1.0], [-100.0]]),
+        8,
+        state_reward,
+        at_three,
+        Pessimism(),
+        "j-morel",
+        gen(),
+        path_member=torch.zeros(3, dtype=torch.long),
+        halt_value="bootstrap",
+        min_steps=5,
+    )
+    assert p.dropped == 1 and p.lengths.tolist() == [4, 8]
+    assert p.terminal.tolist() == [True, False]  # without HALT a task termination is terminal
+    assert p.statistics()["paths_dropped"] == pytest.approx(1 / 3)

@@ -180,3 +180,31 @@ def test_the_first_plan_calibrates_itself_once_per_code_version(tmp_path, monkey
     # --calibrate forces a new one even where the cached one is current.
     assert main([*command, "--calibrate"]) == 0 and len(measured) == 3
     assert "calibrated this machine in " in capsys.readouterr().out
+
+
+def test_an_npg_iteration_is_priced_per_start_state_and_elite():
+    """MOReL's paths are update_paths start states x the elites: the model's FLOPs per
+    iteration grow with both (one second per model-step FLOP, nothing else costs)."""
+    from ombrl.plan import DatasetInfo
+
+    units = {name: {"overhead_s": 0.0, "per_flop_s": 0.0} for name in [*UNITS, "startup"]}
+    units["model_step"]["per_flop_s"] = 1.0
+    pricer = Pricer({}, units, Path("."))
+    data = DatasetInfo(1000, 11, 3, 1000)
+    params = {**settings_of("morel"), "update_paths": 10, "horizon": 7}
+    ensemble = read_yaml(Path("config/ensembles/morel.yaml")) | {"predict_reward": False}
+
+    def cost(update_paths: int, elites: int) -> float:
+        return pricer.npg_iteration(
+            data, params | {"update_paths": update_paths}, ensemble | {"num_elites": elites}
+        )
+
+    assert cost(20, 4) == pytest.approx(2 * cost(10, 4))
+    assert cost(10, 2) == pytest.approx(cost(10, 4) / 2)
+    assert cost(10, 8) == pytest.approx(cost(10, 4))  # elites beyond the members do not count
+
+
+def settings_of(method: str) -> dict:
+    from ombrl.config import resolve_mode
+
+    return resolve_mode(method, {"ensemble": "-"}, "test")

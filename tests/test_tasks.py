@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ombrl.errors import OmbrlError
-from ombrl.tasks import get_task
+from ombrl.tasks import get_task, model_functions
 
 # -v4 ids are what D4RL data is evaluated on; gymnasium warns that they are old.
 pytestmark = pytest.mark.filterwarnings("ignore:.*out of date:DeprecationWarning")
@@ -117,3 +117,42 @@ def test_bounds_and_dims_match_the_envs() -> None:
 def test_unknown_env_is_a_user_error(env_id: str) -> None:
     with pytest.raises(OmbrlError, match=env_id):
         get_task(env_id)
+
+
+# Hopper states (raw) and actions; expected values from upstream's own functions, run once in
+# a scratch venv (numpy 2.4.6, `python upstream_values.py`, see the issue-32 report): mjrl v2
+# 15bf3c0 projects/model_based_npg/utils/reward_functions/gym_hopper.py on `raw * obs_mask`,
+# J-MOReL 03bdf559 reward_functions/gym_hopper.py on `raw` (as next_observations).
+HOPPER_STATES = [
+    [1.25, 0.05, -0.1, 0.2, 0.3, 1.5, -0.4, 2.0, -3.0, 0.5, 1.0],
+    [1.20, 0.17, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    [0.65, 0.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    [1.30, -0.12, 0.0, 0.0, 0.0, 700.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    [1.30, 0.0, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 300.0, 0.0],
+]
+HOPPER_ACTIONS = [[0.5, -2.0, 0.1], [0, 0, 0], [1, 1, 1], [0.2, 0.2, 0.2], [-0.3, 0.0, 0.9]]
+MJRL_REWARD = [2.49874, 3.0, -1.003, 500.99988, 1.4991]  # of s_t
+MJRL_TERMINATED = [False, True, True, True, False]  # angle 0.15, height 0.7, |0.02 * 700| >= 10
+J_MOREL_REWARD = [2.49874, 3.0, -1.003, 10.99988, 1.4991]  # of s_{t+1}, clipped to +-10
+J_MOREL_TERMINATED = [False, False, True, False, False]  # angle limit 0.2
+
+
+@pytest.mark.parametrize(
+    ("code", "reward", "terminated", "of_next"),
+    [
+        ("mjrl", MJRL_REWARD, MJRL_TERMINATED, False),
+        ("j-morel", J_MOREL_REWARD, J_MOREL_TERMINATED, True),
+    ],
+)
+def test_morels_hopper_functions_are_upstreams(code, reward, terminated, of_next) -> None:
+    task = get_task("Hopper-v4")
+    rew_fn, term_fn = model_functions(task, code, "upstream")
+    states = torch.tensor(HOPPER_STATES, dtype=torch.float64)
+    act = torch.tensor(HOPPER_ACTIONS, dtype=torch.float64)
+    other = torch.zeros_like(states)  # the state the reward must not read
+    obs, nxt = (other, states) if of_next else (states, other)
+    np.testing.assert_allclose(rew_fn(obs, act, nxt).numpy(), reward, rtol=1e-9)
+    assert term_fn(other, act, states).tolist() == terminated
+    assert model_functions(task, code, "task") == (task.reward, task.terminal)
+    pendulum = get_task("InvertedPendulum-v5")  # no upstream functions: the task's
+    assert model_functions(pendulum, code, "upstream") == (pendulum.reward, pendulum.terminal)

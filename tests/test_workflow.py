@@ -309,7 +309,7 @@ def test_the_d4rl_study_plans_every_job_with_its_tuned_values(tmp_path):
         "download_dataset": datasets,
         "tracking_store": 1,
         "train_ensemble": datasets * seeds * ensembles,
-        "train_policy": datasets * seeds * modes,
+        "train_policy": datasets * seeds * modes + seeds,  # + J-MOReL's MOReL, one dataset
         "scores": 1,
         "figure_avg_return": 1,
         "figure_final_scores": 1,
@@ -332,9 +332,17 @@ def test_the_d4rl_study_plans_every_job_with_its_tuned_values(tmp_path):
     assert all("rollout_length=19" in c and "threshold=0.0131" in c for c in halt)
     assert all("threshold_rule=absolute" in c and "scale=obs_std" in c for c in halt)
     # J-MOReL's per-environment settings, and halfcheetah's own ensemble.
-    jmorel = [line for line in result.stdout.splitlines() if "--mode j-morel" in line]
+    lines = result.stdout.splitlines()
+    jmorel = [c for c in lines if "--mode j-morel" in c and "j-morel-morel" not in c]
     assert len(jmorel) == datasets * seeds
+    # J-MOReL's own MOReL: the mask, step 0.02, halfcheetah's J-MOReL values, on one dataset.
+    preset = [c for c in lines if "--mode j-morel" in c and "j-morel-morel" in c]
+    assert len(preset) == seeds and all("halfcheetah-medium-v2.hdf5" in c for c in preset)
+    assert all("input_scaling=mask" in c and "step_size=0.02" in c for c in preset)
+    assert all("threshold=50" in c and "halt_penalty=-200" in c for c in preset)
     walker = [c for c in jmorel if "walker2d-random-v2.hdf5" in c]
-    assert all("threshold=20" in c and "halt_penalty=-30" in c and "paths=100" in c for c in walker)
+    assert all(
+        "threshold=20" in c and "halt_penalty=-30" in c and "update_paths=100" in c for c in walker
+    )
     cheetah = [c for c in jmorel if "halfcheetah-medium-v2.hdf5" in c]
     assert all("ensembles/pnn-4x512-cheetah/" in c and "horizon=1000" in c for c in cheetah)

@@ -561,6 +561,7 @@ def resolve_mode(name: str, entry: Mapping, source: str, at: str = "") -> dict:
         raise OmbrlError(
             f"{where}{'.method' if at else ''}: {method!r} is not one of {', '.join(METHODS)}{hint}"
         )
+    _check_renamed(method_spec(method).section, params, where, at)
     checked = validate(params, source, SCHEMA["$defs"][method_spec(method).section], at)
     for key in ("hidden_size", "value_hidden_size"):
         if key in checked:
@@ -568,6 +569,31 @@ def resolve_mode(name: str, entry: Mapping, source: str, at: str = "") -> dict:
     extra = {"datasets": datasets} if datasets else {}
     extra |= {"from": start} if start is not None else {}
     return {"method": method, **extra, **checked}
+
+
+#: Keys (`key: replacement`) and values (`(key, value): replacement`) of a method's section
+#: that were renamed or re-meant: each fails with one line naming its replacement.
+_NPG_RENAMED: dict = {
+    "paths": "update_paths (start states per iteration, each rolled out once per elite: "
+    "paths was the total)",
+    "bc_epochs": "bc_steps (behaviour-cloning minibatch steps; upstream's 5 epochs over 1M "
+    "transitions are 19530)",
+    ("input_scaling", "morel"): "none (raw observations, what morel meant) or mask (MOReL's "
+    "observation mask, what upstream's morel is)",
+}
+RENAMED = {"morel": _NPG_RENAMED, "j_morel": _NPG_RENAMED}
+
+
+def _check_renamed(section: str, params: Mapping, where: str, at: str) -> None:
+    """Fail on the first renamed key or re-meant value of `params`, naming its replacement."""
+    prefix = f"{where}." if at else f"{where}: "
+    for old, new in RENAMED.get(section, {}).items():
+        if isinstance(old, tuple):
+            key, value = old
+            if params.get(key) == value:
+                raise OmbrlError(f"{prefix}{key}: {value!r} is renamed: use {new}")
+        elif old in params:
+            raise OmbrlError(f"{prefix}{old}: renamed: use {new}")
 
 
 def mode_params(study: dict, dataset: str, name: str) -> dict:

@@ -519,10 +519,13 @@ class Pricer:
         return self.unit("model_step", flops, calls)
 
     def npg_iteration(self, data: DatasetInfo, params: dict, ensemble: dict) -> float:
-        """paths x horizon model steps (batched over paths), the policy's forward on them, and
-        the update: value fit (`value_epochs` passes) and `cg_iters` + 3 policy passes over
-        every sample (gradient, Fisher-vector products, KL)."""
-        paths, horizon = params["paths"], params["horizon"]
+        """paths x horizon model steps (batched over paths; paths = `update_paths` start
+        states x the elites, each rolled out once per elite; every member is evaluated on
+        every path), the policy's forward on them, and the update: value fit (`value_epochs`
+        passes) and `cg_iters` + 3 policy passes over every sample (gradient, Fisher-vector
+        products, KL). Paths are priced at their full horizon (HALT shortens them)."""
+        paths = params["update_paths"] * min(ensemble["num_elites"], ensemble["num_models"])
+        horizon = params["horizon"]
         samples = paths * horizon
         policy = [data.obs, *params["hidden_size"], data.act]
         value = [data.obs + 4, *params["value_hidden_size"], 1]

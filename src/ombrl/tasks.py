@@ -228,6 +228,84 @@ _FAMILIES = {
 }
 
 
+# ------------------------------------------------ the model functions MOReL's code ships
+# mjrl (v2, projects/model_based_npg/utils/reward_functions/gym_hopper.py) works on masked
+# observations o = mask * s (1 positions, 0.02 velocities); written here on raw s, which is
+# the same function: its x-velocity o[5] / 0.02 is s[5] clipped to +-500, its limit
+# |o| < 10 is |s| < 10 for positions and < 500 for velocities. It pays the reward of the
+# state s_t (a path's step t is (s_t, a_t)); J-MOReL pays that of s_{t+1}.
+MJRL_MASK_VELOCITY = 0.02
+
+
+def _mjrl_hopper_mask(obs: Tensor) -> Tensor:
+    mask = torch.full((obs.shape[-1],), MJRL_MASK_VELOCITY, device=obs.device, dtype=obs.dtype)
+    mask[:5] = 1.0
+    return mask
+
+
+def _mjrl_hopper_reward(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
+    """mjrl gym_hopper.py reward_function: of s_t, `v + 1[h > 0.7, |ang| <= 0.2] - 1e-3 |a|^2`
+    on masked observations clipped to +-10, actions clipped to +-1."""
+    o = (obs * _mjrl_hopper_mask(obs)).clamp(-10.0, 10.0)
+    alive = (o[:, 0] > 0.7) & (o[:, 1].abs() <= 0.2)
+    power = act.clamp(-1.0, 1.0).square().sum(dim=-1)
+    return o[:, 5] / MJRL_MASK_VELOCITY + alive.to(obs.dtype) - 1e-3 * power
+
+
+def _mjrl_hopper_terminal(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
+    """mjrl gym_hopper.py termination_function on s': not (|masked s'| < 10 everywhere,
+    height > 0.7 and |angle| < 0.15)."""
+    o = next_obs * _mjrl_hopper_mask(next_obs)
+    healthy = (o.abs() < 10.0).all(dim=-1) & (o[:, 0] > 0.7) & (o[:, 1].abs() < 0.15)
+    return ~healthy | _not_finite(next_obs)
+
+
+def _j_morel_hopper_reward(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
+    """J-MOReL reward_functions/gym_hopper.py reward_fn: of s' clipped to +-10,
+    `v + 1[h > 0.7, |ang| < 0.2] - 1e-3 |a|^2`, actions clipped to +-1."""
+    o = next_obs.clamp(-10.0, 10.0)
+    alive = (o[:, 0] > 0.7) & (o[:, 1].abs() < 0.2)
+    power = act.clamp(-1.0, 1.0).square().sum(dim=-1)
+    return o[:, 5] + alive.to(obs.dtype) - 1e-3 * power
+
+
+def _j_morel_hopper_terminal(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
+    """J-MOReL gym_hopper.py termination_fn on s': not (finite, h > 0.7 and |angle| < 0.2)."""
+    healthy = (next_obs[:, 0] > 0.7) & (next_obs[:, 1].abs() < 0.2)
+    return ~healthy | _not_finite(next_obs)
+
+
+def _j_morel_halfcheetah_reward(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
+    """J-MOReL gym_halfcheetah.py reward_fn: of s' clipped to +-100, `v - 0.1 |a|^2`."""
+    power = act.clamp(-1.0, 1.0).square().sum(dim=-1)
+    return next_obs[:, 8].clamp(-100.0, 100.0) - 0.1 * power
+
+
+#: (code, task name) -> the reward and termination that code's MOReL uses in the model.
+UPSTREAM_MODEL_FUNCTIONS: dict[tuple[str, str], tuple[RewardFn, TerminalFn]] = {
+    ("mjrl", "hopper"): (_mjrl_hopper_reward, _mjrl_hopper_terminal),
+    ("j-morel", "hopper"): (_j_morel_hopper_reward, _j_morel_hopper_terminal),
+    ("j-morel", "halfcheetah"): (_j_morel_halfcheetah_reward, _never_terminal),
+}
+MODEL_FUNCTIONS = ("upstream", "task")
+
+
+def model_functions(task: Task, code: str, which: str) -> tuple[RewardFn, TerminalFn]:
+    """The reward and termination a MOReL run uses in the model.
+
+    Args:
+        task: the task.
+        code: `mjrl` (MOReL) or `j-morel`, whose functions `upstream` means.
+        which: `upstream` (that code's own functions where it ships them for this task, the
+            task's elsewhere) or `task` (the gymnasium formulas of `Task`).
+    """
+    if which not in MODEL_FUNCTIONS:
+        raise OmbrlError(f"model_functions: {which!r} is not one of {', '.join(MODEL_FUNCTIONS)}")
+    if which == "upstream" and (code, task.name) in UPSTREAM_MODEL_FUNCTIONS:
+        return UPSTREAM_MODEL_FUNCTIONS[(code, task.name)]
+    return task.reward, task.terminal
+
+
 def get_task(env_id: str) -> Task:
     """The task functions of a gymnasium MuJoCo id.
 

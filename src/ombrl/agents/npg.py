@@ -2,10 +2,12 @@
 
 One iteration (`update`) takes a batch of whole paths (`ombrl.models.paths.Paths`):
 
-1. Values of every step and of each path's last next state from the current baseline; the
-   value after a terminal (or HALT) path is 0, a path that stopped at the horizon bootstraps
-   V(last_obs). GAE(gamma, lambda) advantages, normalised to mean 0 and std 1 (as mjrl), and
-   discounted returns (bootstrapped the same way) as the baseline's targets.
+1. Values of every step and of the state each path bootstraps from (`Paths.last_obs` at
+   `Paths.last_time`: mjrl's `b[-1]`, the last kept state, or the next state) from the
+   current baseline; the value after a terminal path is 0. GAE(gamma, lambda) advantages,
+   normalised to mean 0 and std 1 (as mjrl), and the baseline's targets: `value_targets:
+   returns` the discounted sums of the rewards (mjrl's `compute_returns`, never bootstrapped),
+   `bootstrapped` the discounted returns bootstrapped as the advantages are.
 2. Policy step: the vanilla gradient g of the surrogate `mean(pi/pi_old * A)`, the natural
    direction `F^-1 g` by conjugate gradient on Fisher-vector products (`F + damping I`), and the
    normalised step `theta += alpha F^-1 g` with `alpha = sqrt(step_size / (g^T F^-1 g))`, so
@@ -24,8 +26,11 @@ Policy: a Gaussian MLP (tanh hidden layers, the last layer's weights and bias x 
 first mean actions are near 0) with a learned state-independent log-std. Actions are not
 squashed: callers clip them to the bounds (the model rollout and the environment do).
 Baseline: a ReLU MLP on `[clip(x, -10, 10) / 10, (t / horizon)^1..4]`, x the policy's input.
-`input_scaling`: `morel` feeds raw observations (mjrl's MOReL), `znorm` standardises them with
-the dataset's mean and std, for the policy and the baseline alike (J-MOReL's option).
+The input is `x = (obs - obs_mean) / obs_std` for the policy and the baseline alike, both
+vectors stored with the policy (`input_statistics`): `none` raw observations, `mask` MOReL's
+observation mask (x = obs * mask, 1 for positions and 0.02 for velocities: mjrl applies it to
+the data, the environment, the policy and the baseline), `znorm` the dataset's mean and mean
+absolute deviation (J-MOReL's `obs_scale: znorm`).
 
 All randomness (weights, policy noise, minibatch order) comes from the seed and the generators
 passed in: the same seed gives the same numbers.
@@ -47,11 +52,12 @@ from ombrl.checkpoint import load_optimizer_tensors, optimizer_tensors
 from ombrl.errors import OmbrlError
 from ombrl.models.paths import Paths
 
-INPUT_SCALINGS = ("morel", "znorm")
+INPUT_SCALINGS = ("none", "mask", "znorm")
+VALUE_TARGETS = ("returns", "bootstrapped")
 # Time features of the baseline: (t / horizon)^1 .. ^TIME_POWERS (mjrl's MLPBaseline).
 TIME_POWERS = 4
-# Observation dimensions with a smaller dataset std are not rescaled (znorm).
-MIN_OBS_STD = 1e-6
+# Observation dimensions with a smaller spread are not rescaled (znorm).
+MIN_OBS_SPREAD = 1e-6
 
 
 @dataclass
@@ -71,10 +77,11 @@ class NPGConfig:
     value_weight_decay: float  # Adam L2 weight decay of the baseline
     value_batch_size: int  # samples per baseline minibatch
     value_epochs: int  # passes over the iteration's samples per baseline fit
-    bc_epochs: int  # passes over the dataset in `bc_init`
+    bc_steps: int  # minibatch steps of `bc_init`
     bc_batch_size: int  # samples per behaviour-cloning minibatch
     bc_lr: float  # Adam learning rate of behaviour cloning
-    input_scaling: str  # morel (raw observations) | znorm (dataset mean / std)
+    input_scaling: str  # none | mask (MOReL's observation mask) | znorm (mean / MAD)
+    value_targets: str  # returns (discounted sums, mjrl) | bootstrapped
 
 
 class TanhMLP(nn.Module):
@@ -224,6 +231,34 @@ def gaussian_kl(mean0: Tensor, log_std0: Tensor, mean1: Tensor, log_std1: Tensor
     return per_dim.sum(-1)
 
 
+def input_statistics(
+    kind: str, observations: np.ndarray, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(obs_mean, obs_std)` of an NPG's input `(obs - obs_mean) / obs_std` for `input_scaling`.
+
+    Args:
+        kind: `none` (0, 1), `mask` (0, 1 / mask) or `znorm` (the mean of `observations` and
+            their mean absolute deviation, J-MOReL's `mean(|s - mean(s)|)`; spreads below
+            1e-6 count as 1).
+        observations: the dataset's observations, N x obs_dim.
+        mask: MOReL's observation mask (obs_dim; read under `mask`).
+    """
+    obs_dim = observations.shape[1]
+    if kind == "none":
+        return np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32)
+    if kind == "mask":
+        if mask is None:
+            raise OmbrlError("input_scaling mask: the task has no observation mask")
+        return np.zeros(obs_dim, np.float32), (1.0 / np.asarray(mask)).astype(np.float32)
+    if kind != "znorm":
+        raise OmbrlError(f"input_scaling: {kind!r} is not one of {', '.join(INPUT_SCALINGS)}")
+    mean = observations.mean(0)
+    spread = np.abs(observations - mean).mean(0)
+    return mean.astype(np.float32), np.where(spread < MIN_OBS_SPREAD, 1.0, spread).astype(
+        np.float32
+    )
+
+
 @dataclass
 class PathBatch:
     """The valid steps of an iteration's paths, flattened (M of them), ready for the update."""
@@ -232,7 +267,7 @@ class PathBatch:
     act: Tensor  # M x act_dim
     time: Tensor  # M, t / horizon
     advantages: Tensor  # M, normalised to mean 0, std 1
-    returns: Tensor  # M, discounted returns (bootstrapped where not terminal)
+    returns: Tensor  # M, the baseline's targets (`value_targets`)
     stats: dict[str, float]  # advantage_mean, advantage_std (before normalising)
 
 
@@ -247,8 +282,9 @@ class NPG(Agent):
         cfg: hyperparameters.
         device: where networks and tensors live.
         seed: seeds the initial weights, the policy noise and the baseline's minibatch order.
-        obs_mean: obs_dim dataset mean (read under `input_scaling: znorm`).
-        obs_std: obs_dim dataset std (read under `znorm`; entries below 1e-6 count as 1).
+        obs_mean: obs_dim shift of the input (`input_statistics`); None: 0, only with
+            `input_scaling: none`.
+        obs_std: obs_dim divisor of the input; None: 1, only with `none`.
     """
 
     kind = "npg"
@@ -274,17 +310,20 @@ class NPG(Agent):
             raise OmbrlError(
                 f"init_log_std {cfg.init_log_std} is below min_log_std {cfg.min_log_std}"
             )
+        if cfg.value_targets not in VALUE_TARGETS:
+            raise OmbrlError(
+                f"value_targets: {cfg.value_targets!r} is not one of {', '.join(VALUE_TARGETS)}"
+            )
         self.obs_mean = torch.zeros(obs_dim, device=self.device)
         self.obs_std = torch.ones(obs_dim, device=self.device)
-        if cfg.input_scaling == "znorm":
-            if obs_mean is None or obs_std is None:
-                raise OmbrlError("input_scaling znorm needs the dataset's observation mean and std")
+        if obs_mean is not None or obs_std is not None:
             mean = torch.as_tensor(obs_mean, dtype=torch.float32).reshape(-1)
             std = torch.as_tensor(obs_std, dtype=torch.float32).reshape(-1)
             if mean.shape != (obs_dim,) or std.shape != (obs_dim,):
                 raise OmbrlError(f"obs_mean / obs_std must have {obs_dim} entries")
-            self.obs_mean = mean.to(self.device)
-            self.obs_std = torch.where(std < MIN_OBS_STD, 1.0, std).to(self.device)
+            self.obs_mean, self.obs_std = mean.to(self.device), std.to(self.device)
+        elif cfg.input_scaling != "none":
+            raise OmbrlError(f"input_scaling {cfg.input_scaling} needs the input's shift and scale")
         self.generator = torch.Generator(self.device).manual_seed(seed)
         init = torch.Generator().manual_seed(seed)  # CPU: weights are drawn before moving
         self.mean_net = TanhMLP(obs_dim, cfg.hidden_size, act_dim, 0.01, init).to(self.device)
@@ -302,7 +341,7 @@ class NPG(Agent):
 
     # ----------------------------------------------------------------- networks
     def scale_obs(self, obs: Tensor) -> Tensor:
-        """The policy's (and the baseline's) input: raw (`morel`) or standardised (`znorm`)."""
+        """The policy's (and the baseline's) input, `(obs - obs_mean) / obs_std`."""
         return (obs - self.obs_mean) / self.obs_std
 
     def policy(self, obs: Tensor, deterministic: bool) -> Tensor:
@@ -338,10 +377,11 @@ class NPG(Agent):
         with torch.no_grad():
             values = torch.zeros(n, t_max, device=self.device)
             values[paths.mask] = self.value(paths.obs[paths.mask], time[paths.mask])
-            last = self.value(paths.last_obs, paths.lengths.float() / paths.horizon)
+            last = self.value(paths.last_obs, paths.last_time.float() / paths.horizon)
             last = torch.where(paths.terminal, 0.0, last)
             adv = gae(paths.rew, paths.mask, values, last, cfg.gamma, cfg.gae_lambda)
-            ret = gae(paths.rew, paths.mask, torch.zeros_like(values), last, cfg.gamma, 1.0)
+            after = last if cfg.value_targets == "bootstrapped" else torch.zeros_like(last)
+            ret = gae(paths.rew, paths.mask, torch.zeros_like(values), after, cfg.gamma, 1.0)
         adv, ret = adv[paths.mask], ret[paths.mask]
         if adv.numel() == 0:
             raise OmbrlError("NPG update: the paths have no valid steps")
@@ -476,8 +516,10 @@ class NPG(Agent):
 
     def bc_init(self, obs: Tensor, act: Tensor, generator: torch.Generator) -> dict[str, float]:
         """Behaviour cloning of the policy mean: MSE to the dataset's actions (clipped to the
-        bounds), `bc_epochs` shuffled passes in minibatches of `bc_batch_size`, a fresh Adam
-        (`bc_lr`). The log-std is left as it is.
+        bounds), `bc_steps` minibatches of `bc_batch_size` in shuffled passes over the data
+        (a pass's last minibatch may be smaller), a fresh Adam (`bc_lr`). The log-std is left
+        as it is. Steps, not epochs: mjrl's and J-MOReL's 5 epochs of `int(N / 256)` full
+        minibatches over 1M transitions are 19,530 steps, whatever the size of the data here.
 
         Args:
             obs: N x obs_dim dataset states.
@@ -497,15 +539,18 @@ class NPG(Agent):
         optim = torch.optim.Adam(self.mean_net.parameters(), lr=cfg.bc_lr)
         with torch.no_grad():
             before = (self.mean_net(x) - act).square().mean()
-        n = obs.shape[0]
-        for _ in range(cfg.bc_epochs):
+        n, done = obs.shape[0], 0
+        while done < cfg.bc_steps:
             order = torch.randperm(n, generator=generator, device=self.device)
             for start in range(0, n, cfg.bc_batch_size):
+                if done == cfg.bc_steps:
+                    break
                 rows = order[start : start + cfg.bc_batch_size]
                 loss = (self.mean_net(x[rows]) - act[rows]).square().mean()
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
                 optim.step()
+                done += 1
         with torch.no_grad():
             after = (self.mean_net(x) - act).square().mean()
         return {"bc_loss_before": before.item(), "bc_loss_after": after.item()}

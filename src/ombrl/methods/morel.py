@@ -1,46 +1,57 @@
 """MOReL and J-MOReL: natural policy gradient on the pessimistic MDP of a learned ensemble.
 
-Each iteration rolls `paths` whole paths (up to `horizon` steps) of the current Gaussian
-policy through the ensemble, all paths in one batched call per step, from start states drawn
-out of a fixed pool: the dataset's episode start states, chosen once for the run (J-MOReL
-overwrote its pool every iteration). A path ends at HALT, the first transition whose
-uncertainty exceeds the threshold (or J-MOReL's "first violation + 1, at least 4 steps"),
-which is terminal: no value bootstraps through it. Its reward is replaced by the penalty
-(MOReL paper), has it added (J-MOReL) or is 0 (`truncate`, mjrl's code). The policy starts as
-behaviour cloning of the dataset and takes one NPG step per iteration
-(`ombrl.agents.npg.NPG`).
+Each iteration draws `update_paths` start states (with replacement) from a fixed pool, the
+dataset's episode start states (J-MOReL overwrote its pool every iteration), and rolls each
+out once per member the paths follow (the elites: mjrl's 4 models, J-MOReL's 4 elites), so an
+iteration has `update_paths x members` paths of up to `horizon` steps, all in one batched
+model call per step (`ombrl.models.paths.model_paths`). `path_scheme: per-model` (upstream):
+each path follows one member's mean prediction for its whole length; `sampled`: a random
+elite per step, its Gaussian sampled (ombrl's earlier paths). Paths shorter than 5 steps are
+dropped, as upstream.
 
-- `morel`: the original: a deterministic ensemble (config/ensembles/morel.yaml), the `morel`
-  disagreement scale, raw observations, threshold `max(u over the data) / threshold`.
+A path ends at HALT by `truncation` (`j-morel`: mjrl's and J-MOReL's "first violation + 1, at
+least 4 steps"; `first`) with the HALT reward on its last step (`add` 0: mjrl's truncate
+reward; `add` -50: J-MOReL's hopper penalty). `halt_value: bootstrap` (upstream) marks no path
+terminal and bootstraps each from the baseline's value of its last kept state;
+`absorbing` (the MOReL paper) makes HALT and task terminations terminal. HALT measures the
+disagreement over `halt_members` (`elites` or `all`: J-MOReL's paths and Jacobian scale use all
+7 members while its threshold uses the elites). The policy starts as `bc_steps` minibatches
+of behaviour cloning and takes one NPG step per iteration (`ombrl.agents.npg.NPG`); its input
+is scaled by `input_scaling` (`mask`: MOReL's observation mask, stored with the policy).
+
+- `morel`: mjrl's: a deterministic ensemble (config/ensembles/morel.yaml), the `morel`
+  disagreement scale, the observation mask, threshold `max(u over the data) / threshold`.
 - `j-morel`: the thesis's: a probabilistic ensemble with elites (config/ensembles/pnn.yaml),
-  the `jacobian` scale, standardised observations (`znorm`), `mean + threshold * std`.
+  the `jacobian` scale, `znorm` inputs (mean / mean absolute deviation), `mean + threshold * std`.
 Both are plain configs: any key overrides (schema `$defs.morel`, `$defs.j_morel`).
 
 Its progress unit is the iteration; every `eval_every` iterations the deterministic policy
 is evaluated in the real environment, and the logged metrics (means since the last
 evaluation) hold the model's view: `path_return` (the train score), `paths_truncated`,
-`path_length`, the resolved `halt_threshold`, the step's `kl` and `alpha`.
+`paths_dropped`, `path_length`, the resolved `halt_threshold`, the step's `kl` and `alpha`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ombrl.agents.npg import NPG, NPGConfig
+from ombrl.agents.npg import NPG, NPGConfig, input_statistics
 from ombrl.config import build
 from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
 from ombrl.methods import Inputs
 from ombrl.models.ensemble import DynamicsEnsemble
 from ombrl.models.model_env import Pessimism
-from ombrl.models.paths import Paths, model_paths
+from ombrl.models.paths import UPSTREAM_MIN_PATH_STEPS, Paths, model_paths
 from ombrl.models.pessimism import PartitionRule, resolve_pessimism, resolved_numbers
-from ombrl.tasks import Task, get_task
+from ombrl.models.uncertainty import POSITION_DIMS, observation_mask
+from ombrl.tasks import RewardFn, TerminalFn, get_task, model_functions
 from ombrl.training.loop import Evaluation, make_learner, run_updates
 
 
@@ -66,23 +77,27 @@ def train(method: str, cfg: dict, inputs: Inputs, on_eval: Callable[[dict], None
         )
     torch.manual_seed(seed)
     generator = torch.Generator(device).manual_seed(seed)
-    scaled = partial(
-        NPG, obs_mean=dataset.observations.mean(0), obs_std=dataset.observations.std(0)
-    )
+    task = get_task(dataset.env_id)
+    obs_dim = dataset.observations.shape[1]
+    mask = observation_mask(task.name, obs_dim) if task.name in POSITION_DIMS else None
+    shift, scale = input_statistics(cfg["input_scaling"], dataset.observations, mask)
+    scaled = partial(NPG, obs_mean=shift, obs_std=scale)
     agent = make_learner(scaled, build(NPGConfig, cfg), inputs.env_id, dataset, device, seed)
     agent.bc_init(dataset.observations, dataset.actions, generator)
-    task = get_task(dataset.env_id)
+    members = list(range(ensemble.num_models)) if cfg["halt_members"] == "all" else None
+    rule = build(PartitionRule, cfg)
     pessimism = resolve_pessimism(
-        build(PartitionRule, cfg), ensemble, dataset, task, ensemble.elites
+        rule, ensemble, dataset, task, ensemble.elites, scale_members=members
     )
+    code = "mjrl" if method == "morel" else "j-morel"
     sampler = PathSampler(
         start_states(dataset, device),
-        cfg["paths"],
+        cfg["update_paths"],
         cfg["horizon"],
         ensemble,
-        task,
+        model_functions(task, code, cfg["model_functions"]),
         pessimism,
-        cfg["truncation"],
+        PathRules(cfg["truncation"], cfg["path_scheme"], cfg["halt_value"], members),
         lambda obs: agent.policy(obs, deterministic=False),
         (agent.action_low, agent.action_high),
         generator,
@@ -122,19 +137,36 @@ def start_states(dataset: Dataset, device: torch.device) -> Tensor:
     return torch.as_tensor(dataset.observations[first], dtype=torch.float32, device=device)
 
 
+@dataclass(frozen=True)
+class PathRules:
+    """How an iteration's paths are rolled out and valued (schema keys of the same names).
+
+    Attributes:
+        truncation: `first` or `j-morel`.
+        path_scheme: `per-model` or `sampled`.
+        halt_value: `bootstrap` or `absorbing`.
+        halt_members: the members HALT measures (None: the elites).
+    """
+
+    truncation: str
+    path_scheme: str
+    halt_value: str
+    halt_members: list[int] | None
+
+
 class PathSampler:
-    """Each iteration's model paths: `paths` start states drawn (with replacement) from a pool
-    fixed for the run, rolled out for up to `horizon` steps under HALT.
+    """Each iteration's model paths: `update_paths` start states drawn (with replacement) from
+    a pool fixed for the run, each rolled out once per elite for up to `horizon` steps.
 
     Args:
         pool: K x obs_dim start states (never changed).
-        paths: paths per iteration.
+        update_paths: start states per iteration (paths per member).
         horizon: most steps per path.
-        ensemble: the dynamics model (its elites are sampled and measured).
-        task: reward and termination functions (the ensemble's reward head instead when it
-            learned one).
+        ensemble: the dynamics model (its elites are followed).
+        functions: the reward and termination in the model (`tasks.model_functions`; the
+            ensemble's reward head instead of the reward when it learned one).
         pessimism: resolved HALT numbers.
-        truncation: `first` or `j-morel`.
+        rules: truncation, path scheme, HALT value and members.
         policy: the stochastic policy, `obs B x obs_dim -> act B x act_dim`.
         bounds: the action bounds the model sees actions clipped to.
         generator: start-state draws, member choice and model noise.
@@ -143,39 +175,57 @@ class PathSampler:
     def __init__(
         self,
         pool: Tensor,
-        paths: int,
+        update_paths: int,
         horizon: int,
         ensemble: DynamicsEnsemble,
-        task: Task,
+        functions: tuple[RewardFn, TerminalFn],
         pessimism: Pessimism,
-        truncation: str,
+        rules: PathRules,
         policy: Callable[[Tensor], Tensor],
         bounds: tuple[np.ndarray, np.ndarray],
         generator: torch.Generator,
     ) -> None:
-        self.pool, self.paths, self.horizon = pool, paths, horizon
-        self.ensemble, self.task, self.pessimism = ensemble, task, pessimism
-        self.truncation, self.policy, self.generator = truncation, policy, generator
+        self.pool, self.update_paths, self.horizon = pool, update_paths, horizon
+        self.ensemble, self.pessimism = ensemble, pessimism
+        self.reward, self.terminal = functions
+        self.rules, self.policy, self.generator = rules, policy, generator
         self.low, self.high = (torch.as_tensor(b, device=pool.device) for b in bounds)
 
     def __call__(self, update: int) -> tuple[Paths, dict[str, float]]:
         """`iteration index -> (paths, the resolved HALT numbers)`."""
+        device = self.pool.device
         index = torch.randint(
-            len(self.pool), (self.paths,), generator=self.generator, device=self.pool.device
+            len(self.pool), (self.update_paths,), generator=self.generator, device=device
         )
+        # Only the members the paths follow or HALT measures are run, as positions 0..K-1.
+        elites, measured = self.ensemble.elites, self.rules.halt_members
+        used = sorted(set(elites) | set(measured or ()))
+        position = {m: k for k, m in enumerate(used)}
+        run = (
+            None if len(used) == self.ensemble.num_models else torch.as_tensor(used, device=device)
+        )
+        elites = [position[m] for m in elites]
+        measured = None if measured is None else [position[m] for m in measured]
+        # Member-major, as upstream: every start state under member 0, then member 1, ...
+        starts = self.pool[index].repeat(len(elites), 1)
+        member = torch.as_tensor(elites, device=device).repeat_interleave(self.update_paths)
         paths = model_paths(
-            self.ensemble.predict,
-            self.ensemble.elites,
+            lambda obs, act: self.ensemble.predict(obs, act, run),
+            elites,
             self.policy,
-            self.pool[index],
+            starts,
             self.horizon,
-            None if self.ensemble.predict_reward else self.task.reward,
-            self.task.terminal,
+            None if self.ensemble.predict_reward else self.reward,
+            self.terminal,
             self.pessimism,
-            self.truncation,
+            self.rules.truncation,
             self.generator,
             self.low,
             self.high,
+            path_member=member if self.rules.path_scheme == "per-model" else None,
+            halt_members=measured,
+            halt_value=self.rules.halt_value,
+            min_steps=UPSTREAM_MIN_PATH_STEPS,
         )
         return paths, resolved_numbers(self.pessimism)
 

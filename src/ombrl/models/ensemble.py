@@ -84,16 +84,19 @@ class EnsembleLinear(nn.Module):
                 self.weight.uniform_(-bound, bound, generator=generator)
                 self.bias.uniform_(-bound, bound, generator=generator)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, members: Tensor | None = None) -> Tensor:
         """Apply member m's layer to x[m].
 
         Args:
-            x: E x B x in (a stride-0 expanded E dimension is fine).
+            x: E x B x in (a stride-0 expanded E dimension is fine); K x B x in with `members`.
+            members: K member indices to run (None: all E).
 
         Returns:
-            E x B x out.
+            E x B x out (K x B x out).
         """
-        return torch.baddbmm(self.bias, x, self.weight)
+        if members is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias[members], x, self.weight[members])
 
     def extra_repr(self) -> str:
         return f"num_models={self.num_models}, in={self.in_features}, out={self.out_features}"
@@ -211,43 +214,54 @@ class DynamicsEnsemble(nn.Module):
         """Standardise (s, a): `... x obs`, `... x act` -> `... x in`."""
         return (torch.cat([obs, act], dim=-1) - self.input_mean) / self.input_std
 
-    def forward(self, x_norm: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Run every member on its own slice of the input, in normalised space.
+    def forward(
+        self, x_norm: Tensor, members: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Run every member (or only `members`) on its own slice of the input, in normalised
+        space.
 
         Args:
-            x_norm: E x B x in standardised (s, a).
+            x_norm: E x B x in standardised (s, a); K x B x in with `members`.
+            members: K member indices to run (None: all E).
 
         Returns:
-            mean E x B x out and log-variance E x B x out (None if deterministic).
+            mean E x B x out and log-variance E x B x out (None if deterministic); K x B x out
+            with `members`.
         """
         h = x_norm
         for layer in self.hidden:
-            h = self.act(layer(h))
-        out = self.head(h)
+            h = self.act(layer(h, members))
+        out = self.head(h, members)
         if not self.probabilistic:
             return out, None
         mean, logvar = out.split(self.out_dim, dim=-1)
-        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
-        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        high, low = self.max_logvar, self.min_logvar
+        if members is not None:
+            high, low = high[members], low[members]
+        logvar = high - F.softplus(high - logvar)
+        logvar = low + F.softplus(logvar - low)
         return mean, logvar
 
-    def predict(self, obs: Tensor, act: Tensor) -> Prediction:
+    def predict(self, obs: Tensor, act: Tensor, members: Tensor | None = None) -> Prediction:
         """Predict next states (and rewards) in raw units; call under `torch.no_grad()`.
 
         Args:
             obs: B x obs_dim (every member sees the same batch) or E x B x obs_dim.
             act: B x act_dim or E x B x act_dim, matching `obs`.
+            members: K member indices: only those are run (their rows, in this order); None
+                runs all E.
 
         Returns:
-            A `Prediction` with E x B x obs_dim next-state tensors and E x B rewards.
+            A `Prediction` with E (K) x B x obs_dim next-state tensors and E (K) x B rewards.
         """
         device = self.input_mean.device
         obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
         act = torch.as_tensor(act, dtype=torch.float32, device=device)
         if obs.dim() == 2:
-            obs = obs.expand(self.num_models, *obs.shape)
-            act = act.expand(self.num_models, *act.shape)
-        mean, logvar = self(self.normalize_inputs(obs, act))
+            count = self.num_models if members is None else len(members)
+            obs = obs.expand(count, *obs.shape)
+            act = act.expand(count, *act.shape)
+        mean, logvar = self(self.normalize_inputs(obs, act), members)
         delta = mean * self.target_std + self.target_mean
         var = None if logvar is None else torch.exp(logvar + 2 * torch.log(self.target_std))
         d = self.obs_dim

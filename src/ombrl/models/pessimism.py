@@ -84,6 +84,7 @@ def resolve_pessimism(
     dataset: Dataset,
     task: Task,
     members: list[int],
+    scale_members: list[int] | None = None,
 ) -> Pessimism:
     """Turn a method's rule into numbers, from the dataset and the ensemble's `members`.
 
@@ -97,7 +98,10 @@ def resolve_pessimism(
         ensemble: the dynamics model.
         dataset: the offline data.
         task: gives the position count of the `morel` scale.
-        members: the member indices rollouts measure u over (`uncertainty.member_indices`).
+        members: the member indices rollouts measure u over (`uncertainty.member_indices`),
+            and every threshold rule's dataset statistics.
+        scale_members: the members the `jacobian` scale averages over (None: `members`;
+            J-MOReL: all members while its threshold is measured over the elites).
     """
     if rule is None:
         return Pessimism()
@@ -109,7 +113,7 @@ def resolve_pessimism(
         dataset.observations,
         dataset.actions,
         positions=positions,
-        members=members,
+        members=members if scale_members is None else scale_members,
     )
     scale = None if rule.scale == "none" else scale
     if isinstance(rule, PenaltyRule):

@@ -161,6 +161,15 @@ def position_dims(task_name: str) -> int:
     return POSITION_DIMS[task_name]
 
 
+def observation_mask(task_name: str, obs_dim: int) -> np.ndarray:
+    """MOReL's observation mask (mjrl's `obs_mask`): 1 for each position, 0.02 for each
+    velocity; mjrl multiplies every observation by it (data, environment, policy, baseline)."""
+    positions = position_dims(task_name)
+    mask = np.full(obs_dim, MOREL_VELOCITY_WEIGHT, dtype=np.float32)
+    mask[:positions] = 1.0
+    return mask
+
+
 def disagreement_scale(
     kind: str,
     ensemble: DynamicsEnsemble,
