@@ -448,3 +448,18 @@ def test_state_round_trip_resumes_identically(make) -> None:
         assert resumed.update(batch) == first.update(batch)
     with pytest.raises(OmbrlError, match="state does not match"):
         make(hidden_size=[8]).load_state_dict(first.state_dict())
+
+
+def test_figures_draw_the_model_free_references_in_greens_of_their_own() -> None:
+    from matplotlib.colors import rgb_to_hsv
+
+    from ombrl.scores import mode_colors
+
+    method_of = {"bc": "bc", "mopo": "aleatoric-penalty", "td3-bc": "td3-bc", "cql-5": "cql"}
+    method_of |= {f"sweep-{i}": "mbpo" for i in range(12)}  # enough for tab20
+    colors = mode_colors(method_of)
+    hue = {mode: rgb_to_hsv(colors[mode][:3])[0] for mode in method_of}
+    free = {"td3-bc", "cql-5"}
+    assert all(0.25 < hue[m] < 0.45 for m in free)  # green
+    assert not any(0.25 < hue[m] < 0.45 for m in set(method_of) - free)
+    assert len({colors[m] for m in free}) == 2
