@@ -144,11 +144,12 @@ def td3_bc_critic_loss(agent: TD3BC, batch: Batch, noise: Tensor) -> Tensor:
 def td3_bc_actor_loss(agent: TD3BC, batch: Batch, actor: torch.nn.Module | None = None) -> Tensor:
     """Fujimoto & Gu 2021, eq. (3)-(4): pi = argmax E[lambda Q1(s, pi(s)) - (pi(s) - a)^2],
     lambda = alpha / (1/N sum |Q1(s_i, a_i)|) with a_i = pi(s_i), lambda not differentiated
-    (the authors' code); the squared error averaged over batch and action dimensions."""
+    (the authors' code); the squared error averaged over batch and action dimensions, in
+    units of the action half-range (the paper's actions lie in [-1, 1])."""
     pi = CENTER + HALF * torch.tanh(mlp(actor or agent.actor, 0, batch.obs))
     q1 = q(agent.critic, 0, batch.obs, pi)
     lmbda = agent.cfg.alpha / q1.abs().mean().detach()
-    return -lmbda * q1.mean() + ((pi - batch.act) ** 2).mean()
+    return -lmbda * q1.mean() + (((pi - batch.act) / HALF) ** 2).mean()
 
 
 def test_td3_bc_losses_match_the_papers_definition() -> None:

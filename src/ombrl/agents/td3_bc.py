@@ -1,7 +1,8 @@
 """TD3+BC (Fujimoto & Gu 2021, "A Minimalist Approach to Offline Reinforcement Learning").
 
 TD3 (twin critics, target policy smoothing, delayed actor and target updates) whose actor
-maximises `lambda Q1(s, pi(s)) - (pi(s) - a)^2`, with `lambda = alpha / mean |Q1(s, pi(s))|`
+maximises `lambda Q1(s, pi(s)) - (pi(s) - a)^2` (actions in half-ranges of the bounds, the
+paper's [-1, 1]), with `lambda = alpha / mean |Q1(s, pi(s))|`
 (not differentiated): the Q term's scale no longer depends on the reward's. States are
 normalised with the dataset's mean and std (`agents/offline.py`).
 
@@ -116,7 +117,8 @@ class TD3BC(OfflineAgent):
         return (q - target).square().mean(1).sum(), q.detach().mean()
 
     def actor_loss(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
-        """-lambda mean_b Q1(s, pi(s)) + mean (pi(s) - a)^2, lambda = alpha / mean |Q1|.
+        """-lambda mean_b Q1(s, pi(s)) + mean ((pi(s) - a) / half-range)^2, lambda = alpha /
+        mean |Q1|.
 
         Returns:
             The loss, lambda and the behaviour-cloning mean squared error.
@@ -124,7 +126,9 @@ class TD3BC(OfflineAgent):
         act = self.pi(self.actor, batch.obs)
         q1 = self.q(self.critic, batch.obs, act)[0]
         lmbda = self.cfg.alpha / q1.abs().mean().detach()
-        bc_mse = (act - batch.act).square().mean()
+        # In action half-ranges: the paper's actions lie in [-1, 1], and alpha balances the
+        # Q term against the squared error in those units.
+        bc_mse = ((act - batch.act) / self.scale).square().mean()
         return -lmbda * q1.mean() + bc_mse, lmbda, bc_mse
 
     def update(self, batch: Batch) -> dict[str, float]:
