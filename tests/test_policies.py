@@ -10,8 +10,11 @@ import pytest
 import torch
 
 from ombrl.agents.bc import BC, BCConfig
+from ombrl.agents.cql import CQLConfig
+from ombrl.agents.iql import IQLConfig
 from ombrl.agents.npg import NPGConfig
 from ombrl.agents.sac import SAC, SACConfig
+from ombrl.agents.td3_bc import TD3BCConfig
 from ombrl.config import SCHEMA, build, resolve_mode
 from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
@@ -160,7 +163,14 @@ def test_bc_loop_evaluates_at_start_every_interval_and_end(dataset) -> None:
 
 def test_every_method_resolves_to_configs_of_the_schema_vocabulary() -> None:
     """Every registered method's section exists, and its defaults build its dataclasses."""
-    agents = {"bc": BCConfig, "sac": SACConfig, "morel": NPGConfig}
+    agents = {
+        "bc": BCConfig,
+        "sac": SACConfig,
+        "morel": NPGConfig,
+        "td3_bc": TD3BCConfig,
+        "iql": IQLConfig,
+        "cql": CQLConfig,
+    }
     for name, spec in METHODS.items():
         assert spec.section in SCHEMA["$defs"], name
         params = {"ensemble": "pnn"} if spec.needs_ensemble else {}

@@ -408,3 +408,28 @@ def aggregates_markdown(table: pd.DataFrame) -> str:
     header = ["mode", "runs", "IQM [95% CI]", "optimality gap [95% CI]", "P(improvement)", "note"]
     header[4] = f"P(improvement over `{baseline}`) [95% CI]"
     return _markdown(header, rows, caption)
+
+
+def mode_colors(method_of: dict[str, str]) -> dict[str, tuple]:
+    """One colour per mode entry, the same in every figure: the model-free references
+    (`MethodSpec.model_free`: td3-bc, iql, cql) in shades of green, a family of their own,
+    and every other entry from tab10 (tab20 past 9 entries) with its greens left out.
+
+    Args:
+        method_of: entry name -> its method (a name outside the registry counts as not
+            model-free).
+    """
+    import matplotlib.pyplot as plt
+
+    from ombrl.methods import METHODS
+
+    modes = sorted(method_of)
+    free = [m for m in modes if getattr(METHODS.get(method_of[m]), "model_free", False)]
+    others = [m for m in modes if m not in free]
+    greens = {"tab10": {2}, "tab20": {4, 5}}
+    name = "tab10" if len(others) <= 9 else "tab20"
+    palette = [c for i, c in enumerate(plt.get_cmap(name).colors) if i not in greens[name]]
+    colors = {mode: palette[i % len(palette)] for i, mode in enumerate(others)}
+    shades = plt.get_cmap("Greens")(np.linspace(0.9, 0.5, max(len(free), 1)))
+    colors.update({mode: tuple(shades[i]) for i, mode in enumerate(free)})
+    return colors

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
 
 
@@ -45,6 +46,10 @@ class Agent:
 
     def policy(self, obs: Tensor, deterministic: bool) -> Tensor:
         raise NotImplementedError
+
+    def prepare(self, dataset: Dataset) -> None:
+        """Fit what the agent derives from its offline dataset before training (state
+        statistics, reward scales); nothing by default."""
 
     def act(self, obs: np.ndarray | Tensor, deterministic: bool) -> np.ndarray:
         """Actions as numpy: obs_dim -> act_dim, or B x obs_dim -> B x act_dim."""

@@ -53,6 +53,8 @@ class MethodSpec:
             offline exploration modes, whose scores aggregates leave out unless asked.
         starts_from: starts from another entry's trained SAC policy (a study entry's `from:`,
             the CLI's `--init`).
+        model_free: a model-free offline reference (td3-bc, iql, cql): figures draw it in a
+            colour family of its own.
     """
 
     name: str
@@ -64,6 +66,7 @@ class MethodSpec:
     progress: str | None = "updates"
     task_objective: bool = True
     starts_from: bool = False
+    model_free: bool = False
 
     @property
     def module_name(self) -> str:
@@ -113,6 +116,9 @@ METHODS: dict[str, MethodSpec] = {
             progress="iterations",
         ),
         MethodSpec("pets", "pets", "pets", needs_ensemble=True, progress=None),
+        MethodSpec("td3-bc", "td3_bc", "td3_bc", needs_ensemble=False, model_free=True),
+        MethodSpec("iql", "iql", "iql", needs_ensemble=False, model_free=True),
+        MethodSpec("cql", "cql", "cql", needs_ensemble=False, model_free=True),
     ]
 }
 

@@ -1,0 +1,60 @@
+"""The model-free references learn: on a pendulum-medium dataset (InvertedPendulum-v5, the
+flawed LQR controller of `ombrl collect --policy medium`, whose cart drifts into the end of
+the rail) each ends well above behaviour cloning trained on the same data, with a fixed seed.
+
+Small networks (64 x 64) and a few thousand updates keep each test under a minute on one
+core; every other setting is the method's default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ombrl.config import resolve_mode
+from ombrl.data.collect import collect
+from ombrl.data.d4rl import load_dataset
+from ombrl.data.dataset import Dataset
+from ombrl.data.scores import normalized_score
+from ombrl.methods import Inputs, method_module
+from ombrl.training.loop import Evaluation
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"hidden_size": [64, 64]}
+
+
+@pytest.fixture(scope="module")
+def pendulum_medium(tmp_path_factory) -> Dataset:
+    """10000 transitions of the medium controller (returns 5 to 542 of 1000)."""
+    path = Path(tmp_path_factory.mktemp("data")) / "pendulum-medium.hdf5"
+    collect("InvertedPendulum-v5", "medium", 10000, 0, path, ref_episodes=10)
+    return load_dataset(str(path), None, False)
+
+
+def final_score(method: str, data: Dataset, steps: int, **params) -> float:
+    """The normalized score of the policy after `steps` updates (5 evaluation episodes)."""
+    cfg = resolve_mode(method, {"steps": steps, **SMALL, **params}, "test")
+    cfg.pop("method")
+    records: list[dict] = []
+    inputs = Inputs(
+        data.env_id, data, None, 0, torch.device("cpu"), Evaluation(steps, 5, 1000), False
+    )
+    method_module(method).train(method, cfg, inputs, records.append)
+    assert [r["step"] for r in records] == [0, steps]
+    return normalized_score(records[-1]["return"], data.ref_min_score, data.ref_max_score)
+
+
+@pytest.fixture(scope="module")
+def bc_score(pendulum_medium) -> float:
+    score = final_score("bc", pendulum_medium, 4000)
+    assert score < 50  # the data's flaw is learned too
+    return score
+
+
+def test_iql_solves_pendulum_medium(pendulum_medium, bc_score) -> None:
+    """Measured (seed 0): bc 34.4; iql 100.0 at 2000 and 3000 updates, 97.9 at 4000."""
+    score = final_score("iql", pendulum_medium, 4000)
+    assert score > 90 and score > bc_score + 40
