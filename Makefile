@@ -10,7 +10,7 @@ CORES ?= 2
 # pip installs torch and uv at their pins first: pip reads the machine's pip configuration,
 # which may point at a local CPU build of torch (uv reads none of it and would download the
 # multi-GB CUDA build from PyPI). uv then installs the rest of the lock, in parallel: the
-# venv builds in about half pip's time.
+# venv builds in 40% of pip's CPU time (docs/getting-started.md).
 $(BIN)/ombrl: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c requirements.lock torch uv
