@@ -187,7 +187,7 @@ THESIS = {
     "obs_norm": "dataset",
     "members": "all",
     "member_draw": "per_step",
-    "random_fraction": 0.025,
+    "random_fraction": 0.016,
     "rollout_scheme": "persistent",
     "persistent_rollouts": 50,
     "scale": "obs_std",
