@@ -24,7 +24,7 @@ import torch
 
 from ombrl.agents.buffer import Batch, ReplayBuffer
 from ombrl.agents.sac import SAC, SACConfig
-from ombrl.config import build, load_study, resolve_mode
+from ombrl.config import build, load_ensemble_config, load_study, resolve_mode
 from ombrl.errors import OmbrlError
 from ombrl.models.ensemble import DynamicsEnsemble, Prediction
 from ombrl.models.model_env import Pessimism, rollout
@@ -187,7 +187,7 @@ THESIS = {
     "obs_norm": "dataset",
     "members": "all",
     "member_draw": "per_step",
-    "random_fraction": 0.025,
+    "random_fraction": 0.016,
     "rollout_scheme": "persistent",
     "persistent_rollouts": 50,
     "scale": "obs_std",
@@ -373,3 +373,24 @@ def test_ensemble_early_stopping_counts_patience_as_upstream(rule: str) -> None:
         assert epochs == upstream_epochs(means, 2) == 7
     else:  # per member: stops in the plateau, goes on while member 0 improves
         assert epochs == 3
+
+
+def test_the_thesis_ensemble_config_is_upstreams_model_fit() -> None:
+    """Item 7: scripts/train_environment_model.py:14, 27-31 and schemas.py:114-122 (b361cc7f):
+    7 probabilistic networks of 4x200, lr 1e-3, batch 256, 20% validation, patience 30 on the
+    mean validation loss, last weights; a reward head (no reward function is configured)."""
+    cfg = load_ensemble_config(ROOT / "config/ensembles/thesis.yaml", {})
+    expected = {
+        "num_models": 7,
+        "hidden_size": [200, 200, 200, 200],
+        "probabilistic": True,
+        "predict_reward": True,
+        "lr": 0.001,
+        "batch_size": 256,
+        "holdout_ratio": 0.2,
+        "patience": 30,
+        "early_stopping": "ensemble",
+        "snapshot": "last",
+        "scheduler_gamma": None,
+    }
+    assert {k: cfg[k] for k in expected} == expected
