@@ -80,7 +80,7 @@ class Paths:
             kept state itself (`bootstrap`, mjrl's `b[-1]`).
         lengths: N int64, valid steps per path.
         halted: N bool, ended by HALT.
-        horizon: T, the horizon the paths were rolled out with (the time feature's scale).
+        horizon: T, the horizon the paths were rolled out with.
         last_time: N int64, the time index of `last_obs` (its value's time feature).
         dropped: paths rolled out but dropped for being short (not among the N).
     """
