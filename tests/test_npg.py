@@ -266,7 +266,7 @@ def constant_value(agent: NPG, c: float) -> None:
 def test_absorbing_halted_paths_do_not_bootstrap_and_horizon_paths_do() -> None:
     # halt_value absorbing (the MOReL paper), value_targets bootstrapped (ombrl's option).
     gamma, lam, c = 0.9, 0.8, 100.0
-    cfg = config(gamma=gamma, gae_lambda=lam, value_targets="bootstrapped")
+    cfg = config(gamma=gamma, gae_lambda=lam, value_targets="bootstrapped", value_time_scale=5)
     agent = NPG(1, 1, -1.0, 1.0, cfg, CPU, 0)
     constant_value(agent, c)
     p = paths_from([0.0, -10.0], 5, halt("replace"), "first")  # halted at step 3; horizon
@@ -556,7 +556,7 @@ def test_per_model_paths_are_j_morels_penalized_trajectories() -> None:
 
 def test_bootstrap_halt_value_is_mjrls_advantage_and_returns() -> None:
     gamma, lam = 0.9, 0.8
-    cfg = config(gamma=gamma, gae_lambda=lam)  # value_targets: returns (mjrl)
+    cfg = config(gamma=gamma, gae_lambda=lam, value_time_scale=8)  # value_targets: returns
     agent = NPG(1, 1, -1.0, 1.0, cfg, CPU, 0)
     agent.value = lambda obs, time: 10 * obs[:, 0] + 12.5 * time * 8  # b(s, t), t = time * 8
     p = upstream_paths(0.0)
@@ -578,7 +578,8 @@ def test_halt_value_at_the_halted_step_by_hand() -> None:
         "absorbing": 4.0 - v_last,  # the MOReL paper: HALT is absorbing, value 0
     }
     for halt_value, expected in by_value.items():
-        agent = NPG(1, 1, -1.0, 1.0, config(gamma=gamma, gae_lambda=0.8), CPU, 0)
+        cfg = config(gamma=gamma, gae_lambda=0.8, value_time_scale=8)
+        agent = NPG(1, 1, -1.0, 1.0, cfg, CPU, 0)
         agent.value = lambda obs, time: 10 * obs[:, 0] + 12.5 * time * 8
         p = upstream_paths(0.0, halt_value)
         assert p.terminal[0].item() == (halt_value == "absorbing")

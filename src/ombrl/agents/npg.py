@@ -25,7 +25,8 @@ double backward) equals at the old policy.
 Policy: a Gaussian MLP (tanh hidden layers, the last layer's weights and bias x 0.01 so the
 first mean actions are near 0) with a learned state-independent log-std. Actions are not
 squashed: callers clip them to the bounds (the model rollout and the environment do).
-Baseline: a ReLU MLP on `[clip(x, -10, 10) / 10, (t / horizon)^1..4]`, x the policy's input.
+Baseline: a ReLU MLP on `[clip(x, -10, 10) / 10, (t / value_time_scale)^1..4]`, x the policy's
+input (mjrl's and J-MOReL's MLPBaseline: t / 1000).
 The input is `x = (obs - obs_mean) / obs_std` for the policy and the baseline alike, both
 vectors stored with the policy (`input_statistics`): `none` raw observations, `mask` MOReL's
 observation mask (x = obs * mask, 1 for positions and 0.02 for velocities: mjrl applies it to
@@ -54,7 +55,7 @@ from ombrl.models.paths import Paths
 
 INPUT_SCALINGS = ("none", "mask", "znorm")
 VALUE_TARGETS = ("returns", "bootstrapped")
-# Time features of the baseline: (t / horizon)^1 .. ^TIME_POWERS (mjrl's MLPBaseline).
+# Time features of the baseline: (t / value_time_scale)^1 .. ^TIME_POWERS (mjrl's MLPBaseline).
 TIME_POWERS = 4
 # Observation dimensions with a smaller spread are not rescaled (znorm).
 MIN_OBS_SPREAD = 1e-6
@@ -77,6 +78,7 @@ class NPGConfig:
     value_weight_decay: float  # Adam L2 weight decay of the baseline
     value_batch_size: int  # samples per baseline minibatch
     value_epochs: int  # passes over the iteration's samples per baseline fit
+    value_time_scale: float  # the baseline's time feature is t / value_time_scale
     bc_steps: int  # minibatch steps of `bc_init`
     bc_batch_size: int  # samples per behaviour-cloning minibatch
     bc_lr: float  # Adam learning rate of behaviour cloning
@@ -265,7 +267,7 @@ class PathBatch:
 
     obs: Tensor  # M x obs_dim
     act: Tensor  # M x act_dim
-    time: Tensor  # M, t / horizon
+    time: Tensor  # M, t / value_time_scale
     advantages: Tensor  # M, normalised to mean 0, std 1
     returns: Tensor  # M, the baseline's targets (`value_targets`)
     stats: dict[str, float]  # advantage_mean, advantage_std (before normalising)
@@ -359,12 +361,12 @@ class NPG(Agent):
 
     def value_features(self, obs: Tensor, time: Tensor) -> Tensor:
         """`[clip(x, -10, 10) / 10, tau, tau^2, tau^3, tau^4]`: x the scaled observation,
-        tau = t / horizon."""
+        tau = t / value_time_scale."""
         powers = torch.stack([time**k for k in range(1, TIME_POWERS + 1)], dim=-1)
         return torch.cat([self.scale_obs(obs).clamp(-10.0, 10.0) / 10.0, powers], dim=-1)
 
     def value(self, obs: Tensor, time: Tensor) -> Tensor:
-        """Baseline V(s, t) of B states at times `time` (t / horizon, B)."""
+        """Baseline V(s, t) of B states at times `time` (t / value_time_scale, B)."""
         out, _ = self.value_net(self.value_features(obs, time).unsqueeze(0))
         return out[0, :, 0]
 
@@ -373,11 +375,12 @@ class NPG(Agent):
         """Advantages (GAE with the current baseline) and returns of every valid step."""
         cfg = self.cfg
         n, t_max = paths.mask.shape
-        time = torch.arange(t_max, device=self.device).float().expand(n, -1) / paths.horizon
+        scale = cfg.value_time_scale
+        time = torch.arange(t_max, device=self.device).float().expand(n, -1) / scale
         with torch.no_grad():
             values = torch.zeros(n, t_max, device=self.device)
             values[paths.mask] = self.value(paths.obs[paths.mask], time[paths.mask])
-            last = self.value(paths.last_obs, paths.last_time.float() / paths.horizon)
+            last = self.value(paths.last_obs, paths.last_time.float() / scale)
             last = torch.where(paths.terminal, 0.0, last)
             adv = gae(paths.rew, paths.mask, values, last, cfg.gamma, cfg.gae_lambda)
             after = last if cfg.value_targets == "bootstrapped" else torch.zeros_like(last)

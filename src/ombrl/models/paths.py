@@ -6,33 +6,41 @@ states, and keeps each path whole: the learner needs every path's steps in order
 ended in a terminal state or at the horizon, and the state to bootstrap from.
 
 All N paths step through the ensemble together: one batched `predict` call per time step on
-the paths still alive (never a loop over members or paths). Each path draws a random elite per
-step and, for a probabilistic ensemble, samples that member's Gaussian, as `rollout` does; the
-reward is the task function of the sampled transition (or the sampled member's reward head).
-Uncertainty and thresholds are `ombrl.models.uncertainty` through `Pessimism`, as for SAC.
+the paths still alive (never a loop over members or paths). With `path_member` (mjrl's and
+J-MOReL's scheme, `per-model`) path n follows the mean prediction of one member for its whole
+length and the reward is the task function of that transition (or the member's mean reward
+head); without it (`sampled`) each step draws a random elite and, for a probabilistic
+ensemble, samples its Gaussian, as `rollout` does. Uncertainty and thresholds are
+`ombrl.models.uncertainty` through `Pessimism`, as for SAC, measured over `halt_members`.
 
 HALT (`pessimism.kind == "partitioning"`): a transition with `u > threshold` is a violation.
 `truncation` says where a path that violated ends:
-- `first`: at its first violation. That transition is the path's last step, it is terminal
-  (its value is 0: nothing is bootstrapped through it) and its reward becomes
-  `halt_reward(rew, pessimism)` (replace / add / truncate, see `model_env.halt_reward`).
-- `j-morel`: J-MOReL's (and mjrl's) upstream rule, which cuts a fully rolled-out path to
+- `first`: at its first violation; that transition is the path's last step and its reward
+  becomes `halt_reward(rew, pessimism)` (replace / add / truncate, `model_env.halt_reward`).
+- `j-morel`: mjrl's and J-MOReL's rule, which cuts a fully rolled-out path to
   `T = max(4, v + 1)` steps, v the 0-based index of its first violating step. So a path whose
   first violation is at step 3 or later ends exactly as under `first`; one that violates at
   step 0, 1 or 2 keeps stepping (later violations ignored) until it has 4 steps. Its last kept
-  step, not the violating one, gets the HALT reward, and the path is terminal. A path that ends
-  earlier for another reason after violating (a task termination, the horizon < 4, or a
-  non-finite prediction) gets the HALT reward on its last kept step instead, as upstream
-  (`rewards[-1] += penalty` after the cut). Two upstream defects are not copied: upstream never
-  marks the truncated path terminal (it compares T with the already-cut length), and it never
-  checks the last step of a path (its disagreement covers only observations[:-1]).
+  step, not the violating one, gets the HALT reward. A path that ends earlier for another
+  reason after violating (a task termination, the horizon < 4, or a non-finite prediction)
+  gets the HALT reward on its last kept step instead, as upstream (`rewards[-1] += penalty`
+  after the cut). Upstream never checks a path's last transition (its disagreement covers
+  only observations[:-1]); here every transition is checked.
 
-A task termination ends a path as terminal. A transition whose prediction (or reward) is not
-finite is not used: the path ends before it, not terminal (it bootstraps from its last finite
-state), except under `j-morel` after a violation (above).
+What follows the last step (`halt_value`): `bootstrap` is upstream's: both set `terminated`
+after the HALT cut, comparing T with the already-cut length, so under HALT no path is
+terminal (a task termination included) and each bootstraps from the value of its last kept
+state (`last_obs` is that state, at `last_time = length - 1`: mjrl's `b[-1]`); without HALT a
+task termination is terminal. `absorbing` is the MOReL paper's: HALT and task terminations are
+terminal (value 0), and a path cut by the horizon bootstraps from its next state.
 
-Only a `predict(obs, act) -> Prediction` callable and the elite list are needed, so the module
-is testable with hand-written dynamics.
+A transition whose prediction (or reward) is not finite is not used: the path ends before it,
+not terminal (it bootstraps from its last finite state), except under `j-morel` after a
+violation (above). Paths shorter than `min_steps` observations (upstream: 5, counting the
+state a task termination or HALT ended in) are dropped and counted in `Paths.dropped`.
+
+Only a `predict(obs, act) -> Prediction` callable and the member lists are needed, so the
+module is testable with hand-written dynamics.
 """
 
 from __future__ import annotations
@@ -80,7 +88,7 @@ class Paths:
             kept state itself (`bootstrap`, mjrl's `b[-1]`).
         lengths: N int64, valid steps per path.
         halted: N bool, ended by HALT.
-        horizon: T, the horizon the paths were rolled out with (the time feature's scale).
+        horizon: T, the horizon the paths were rolled out with.
         last_time: N int64, the time index of `last_obs` (its value's time feature).
         dropped: paths rolled out but dropped for being short (not among the N).
     """
