@@ -22,10 +22,11 @@ study: $(BIN)/ombrl
 
 # The whole suite on both cores (pytest-xdist). `--dist loadscope` keeps each test module in one
 # worker, so a module's shared fixture (a trained ensemble, a tiny study run once) is built
-# once. (`--dist loadgroup` would group by mark, but xdist 3.8 cannot tag pytest 9's node ids:
-# its groups are silently ignored.) Without OSMesa the render tests are skipped, saying why.
+# once; modules go out in collection order, the longest first (tests/conftest.py: FIRST).
+# (`--dist loadgroup` would group by mark, but xdist 3.8 cannot tag pytest 9's node ids: its
+# groups are silently ignored.) Without OSMesa the render tests are skipped, saying why.
 test: $(BIN)/ombrl
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -n $(CORES) --dist loadscope -m "not slurm"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -n $(CORES) --dist loadscope --no-loadscope-reorder -m "not slurm"
 
 # The quick loop while editing: the unit tests alone (about a minute), no workflow runs,
 # CLI subprocesses or learning runs (those are marked slow; `make test` runs them too).
