@@ -330,6 +330,7 @@ def cql(**overrides) -> CQL:
         n_actions=3,
         temperature=1.0,
         backup_entropy=False,
+        bc_steps=0,
         normalize_states=False,
     )
     cfg.update(overrides)
@@ -464,3 +465,26 @@ def test_figures_draw_the_model_free_references_in_greens_of_their_own() -> None
     assert all(0.25 < hue[m] < 0.45 for m in free)  # green
     assert not any(0.25 < hue[m] < 0.45 for m in set(method_of) - free)
     assert len({colors[m] for m in free}) == 2
+
+
+def test_cql_warm_start_fits_the_dataset_actions_first() -> None:
+    """The authors' code (`policy_eval_start`): for the first bc_steps updates the actor loss
+    is alpha log pi(a~|s) - log pi(a|s) of the dataset action, with rlkit's TanhNormal:
+    log N(atanh(a); mu, sigma) - log(1 - a^2 + 1e-6), a in [-1, 1]."""
+    agent, batch = cql(bc_steps=1), tiny_batch()
+    noise = cql_noise(agent, 4)
+    got = agent.losses(batch, noise)
+    out = mlp(agent.actor.net, 0, batch.obs)
+    mu, log_std = out[:, :ACT], out[:, ACT:].clamp(-20, 2)
+    a = ((batch.act - CENTER) / HALF).clamp(-1 + 1e-6, 1 - 1e-6)
+    normal = torch.distributions.Normal(mu, log_std.exp())
+    data_log_prob = (normal.log_prob(torch.atanh(a)) - torch.log(1 - a**2 + 1e-6)).sum(-1)
+    _, log_pi = tanh_gaussian(agent, batch.obs, noise.normal[:B])
+    want = (agent.log_alpha.exp().detach() * log_pi - data_log_prob).mean()
+    torch.testing.assert_close(got["actor_loss"], want, rtol=1e-5, atol=1e-5)
+    actor = list(agent.actor.parameters())
+    for g, w in zip(grads(got["actor_loss"], actor), grads(want, actor), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    agent.update(batch)  # step 1 of 1 done: Q from now on
+    _, expected_q_loss, _ = cql_losses(agent, batch, noise)
+    torch.testing.assert_close(agent.losses(batch, noise)["actor_loss"], expected_q_loss)

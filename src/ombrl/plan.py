@@ -505,6 +505,8 @@ class Pricer:
 
     def updates(self, data: DatasetInfo, params: dict) -> float:
         batch, hidden = params["batch_size"], params["hidden_size"]
+        if "n_actions" in params:  # cql: the critics also see 3 n_actions sampled actions a row
+            batch *= 1 + 3 * params["n_actions"]
         if "gamma" in params:
             return self.unit(
                 "sac_update", sac_flops(batch, data.obs, data.act, hidden), params["steps"]

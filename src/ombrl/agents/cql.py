@@ -11,6 +11,10 @@ policy actions at s' (all evaluated at s, each with its own log-probability), as
 code (github.com/aviralkumar2907/CQL, `min_q_version=3`). The conservative term pushes Q
 down on actions the policy would take and up on the dataset's.
 
+With `bc_steps`, the actor of the first updates maximises the dataset action's
+log-probability instead of Q (the authors' warm start, `policy_eval_start`: 40000 in their
+code, CORL's `bc_steps` 100000; 0 by default, as d3rlpy).
+
 The TD target has no entropy term by default (the authors' `deterministic_backup`, CORL's
 `backup_entropy: False`). The actor, temperature and critic losses of one update are
 computed on the same parameters and temperature, then all are stepped (as `agents/sac.py`);
@@ -32,7 +36,7 @@ from ombrl.agents.base import action_scale, fused_adam
 from ombrl.agents.buffer import Batch
 from ombrl.agents.networks import StackedMLP
 from ombrl.agents.offline import OfflineAgent, frozen_copy, polyak
-from ombrl.agents.sac import GaussianActor
+from ombrl.agents.sac import LOG_STD_MAX, LOG_STD_MIN, GaussianActor
 
 
 @dataclass
@@ -49,6 +53,7 @@ class CQLConfig:
     n_actions: int  # actions of each kind (uniform, pi(s), pi(s')) in the log-sum-exp
     temperature: float  # temperature of the log-sum-exp
     backup_entropy: bool  # subtract alpha log pi(a'|s') in the TD target
+    bc_steps: int  # first updates whose actor maximises log pi(a_data|s) instead of Q
     normalize_states: bool  # networks see the dataset-standardised state
 
 
@@ -125,6 +130,18 @@ class CQL(OfflineAgent):
         """Both critics' Q, 2 x rows."""
         return critic(torch.cat([obs, act], -1).expand(2, -1, -1))[0].squeeze(-1)
 
+    def data_log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
+        """log pi(a|s) of given actions, in the [-1, 1] space: the pre-tanh value of the
+        action (clamped inside the bounds) under the Gaussian, minus log(1 - a^2 + 1e-6), as
+        the authors' code (rlkit's `TanhNormal.log_prob`)."""
+        out = self.actor.net(obs[None])[0][0]
+        mean, log_std = out.chunk(2, dim=-1)
+        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        a = ((act - self.actor.center) / self.actor.scale).clamp(-1 + 1e-6, 1 - 1e-6)
+        z = (torch.atanh(a) - mean) / log_std.exp()
+        per_dim = -0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)
+        return (per_dim - torch.log(1 - a.square() + 1e-6)).sum(-1)
+
     def noise(self, batch_size: int) -> CQLNoise:
         """The random numbers of one update of `batch_size` transitions."""
         n, shape = self.cfg.n_actions, (batch_size, self.act_dim)
@@ -147,7 +164,11 @@ class CQL(OfflineAgent):
         sample = self.actor(states, noise.normal)
         pi, log_pi = sample.act[:b], sample.log_prob[:b]
         alpha = self.log_alpha.detach().exp()
-        actor_loss = (alpha * log_pi - self.q(self.critic, obs, pi).amin(0)).mean()
+        if self.step < cfg.bc_steps:  # the authors' warm start (`policy_eval_start`)
+            objective = self.data_log_prob(obs, batch.act)
+        else:
+            objective = self.q(self.critic, obs, pi).amin(0)
+        actor_loss = (alpha * log_pi - objective).mean()
         alpha_loss = -(self.log_alpha * (log_pi.detach() + self.target_entropy)).mean()
         with torch.no_grad():
             next_q = self.q(self.target_critic, next_obs, sample.act[b : 2 * b]).amin(0)
