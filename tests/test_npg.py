@@ -492,7 +492,7 @@ def test_same_seed_same_numbers_and_state_dict_resumes_exactly() -> None:
 
 # ------------------------------------------------------------------ upstream's path scheme
 # Expected values from upstream's own code, run once on these inputs in a scratch venv
-# (numpy 2.4.6): `python upstream_values.py` (kept in the issue-32 report), importing
+# (numpy 2.4.6): `tests/upstream/morel_values.py`, importing
 # J-MOReL 03bdf559 algorithms/morel.py (MOReL.penalize_trajectories; its utils.scaling
 # import stubbed, unused there) and mjrl v2 15bf3c0 mjrl/utils/process_samples.py
 # (compute_returns, compute_advantages). Members m0 = s + 1 (generates the paths),

@@ -120,7 +120,7 @@ def test_unknown_env_is_a_user_error(env_id: str) -> None:
 
 
 # Hopper states (raw) and actions; expected values from upstream's own functions, run once in
-# a scratch venv (numpy 2.4.6, `python upstream_values.py`, see the issue-32 report): mjrl v2
+# a scratch venv (numpy 2.4.6, `tests/upstream/morel_values.py`): mjrl v2
 # 15bf3c0 projects/model_based_npg/utils/reward_functions/gym_hopper.py on `raw * obs_mask`,
 # J-MOReL 03bdf559 reward_functions/gym_hopper.py on `raw` (as next_observations).
 HOPPER_STATES = [
