@@ -2,9 +2,9 @@
 flawed LQR controller of `ombrl collect --policy medium`, whose cart drifts into the end of
 the rail) td3-bc and iql end well above behaviour cloning trained on the same data, with a
 fixed seed. cql has no learning test: with its defaults (actor lr 1e-4, no behaviour-cloning
-warm start) it stays below bc for the 3000 updates measured (normalized 5.9 against bc's
-34.0; docs/methods/model-free.md), and longer is more than a test can afford at its cost
-per update.
+warm start) it stays around bc's 34.0 for the 8000 updates measured (5.9 at 3000, 36.6 at
+6000, 26.0 at 8000; with `bc_steps: 1000`, 53.7 at 4000; docs/methods/model-free.md), and
+a run long enough for a clear margin is more than a test can afford at its cost per update.
 
 Small networks (64 x 64) and a few thousand updates keep each test at about a minute on one
 free core; every other setting is the method's default.
