@@ -97,3 +97,21 @@ def test_inverted_pendulum_plans_with_the_pole_tips_distance_while_alive() -> No
     torch.testing.assert_close(
         reacher.plan_reward(obs, obs[:, :2], obs), reacher.reward(obs, obs[:, :2], obs)
     )
+
+
+def test_inverted_pendulum_plans_with_upstreams_cartpole_cost_on_hand_made_states() -> None:
+    """Upstream's cartpole cost (handful-of-trials dmbrl/config/cartpole.py:58-73, 102-107),
+    written here in numpy: `-exp(-|ee - (0, 0.6)|^2 / 0.6^2) + 0.01 |a|^2` with the pole tip
+    `ee = (x - 0.6 sin t, -0.6 cos t)`, t = pi upright there (t = angle + pi here). While the
+    pole is up the planning reward is minus that cost."""
+    x = np.array([0.0, 0.3, -0.5, 0.0, 0.9, 0.1])
+    angle = np.array([0.0, 0.0, 0.1, -0.15, 0.05, 0.19])
+    act = np.array([0.0, 1.0, -2.0, 0.5, 3.0, -0.1])
+    t = angle + np.pi
+    ee = np.column_stack([x - 0.6 * np.sin(t), -0.6 * np.cos(t)])
+    cost = -np.exp(-np.square(ee - [0.0, 0.6]).sum(axis=1) / 0.6**2) + 0.01 * act**2
+    next_obs = torch.as_tensor(np.column_stack([x, angle, np.zeros((6, 2))]))
+    acts = torch.as_tensor(act[:, None])
+    task = get_task("InvertedPendulum-v5")
+    got = task.plan_reward(torch.zeros_like(next_obs), acts, next_obs).numpy()
+    np.testing.assert_allclose(got, -cost, rtol=1e-12, atol=1e-12)

@@ -17,6 +17,7 @@ from ombrl.models.ensemble import DynamicsEnsemble
 from ombrl.planning import (
     NON_FINITE_COST,
     CEMOptimizer,
+    MPCAgent,
     Propagator,
     RandomOptimizer,
     load_pets_config,
@@ -57,6 +58,43 @@ def test_cem_finds_a_quadratic_optimum_and_samples_inside_the_bounds() -> None:
     samples = torch.cat(seen)
     assert (samples >= low).all() and (samples <= high).all()
     assert (mean > 0.5 * high).all()
+
+
+def test_cem_iterations_are_upstreams_on_the_same_noise() -> None:
+    """Two CEM iterations against upstream's `CEMOptimizer.obtain_solution` (handful-of-trials
+    cem.py:121-135) written in numpy: variance capped at the squared half distance to the
+    nearer bound, truncated-normal samples, the elites' mean and population variance smoothed
+    with alpha. The noise is torch's truncated normal on the same generator."""
+    low, high = np.array([-1.0, -2.0]), np.array([1.0, 3.0])
+    mean0 = np.array([[0.6, -1.5], [0.0, 2.0], [-0.9, 0.5]])  # near bounds: capping matters
+    var0 = np.tile(np.square(high - low) / 16, (3, 1))
+    target = np.array([[0.5, -1.0], [-0.4, 0.8], [0.0, 0.3]])
+    popsize, elites, alpha = 20, 4, 0.25
+
+    def cost(x):
+        return np.square(x - target).sum(axis=(1, 2))
+
+    g = torch.Generator().manual_seed(7)
+    mean, var = mean0.copy(), var0.copy()
+    for _ in range(2):
+        noise = torch.nn.init.trunc_normal_(torch.empty(popsize, 3, 2), 0, 1, -2, 2, generator=g)
+        capped = np.minimum(
+            np.minimum(np.square((mean - low) / 2), np.square((high - mean) / 2)), var
+        )
+        samples = noise.double().numpy() * np.sqrt(capped) + mean
+        best = samples[np.argsort(cost(samples))][:elites]
+        mean = alpha * mean + (1 - alpha) * best.mean(axis=0)
+        var = alpha * var + (1 - alpha) * best.var(axis=0)
+    cem = CEMOptimizer(
+        popsize, elites, 2, alpha, 1e-9, torch.tensor(low), torch.tensor(high),
+        torch.Generator().manual_seed(7),
+    )  # fmt: skip
+    got = cem.optimize(
+        lambda x: torch.as_tensor(cost(x.double().numpy())),
+        torch.tensor(mean0, dtype=torch.float32),
+        torch.tensor(var0, dtype=torch.float32),
+    )
+    np.testing.assert_allclose(got.numpy(), mean, atol=1e-5)
 
 
 def test_cem_stops_on_epsilon_and_random_shooting_returns_its_best_sample() -> None:
@@ -165,20 +203,27 @@ def test_ds_samples_each_particle_from_the_one_gaussian() -> None:
     assert abs(out[0].var().item() - 2.0) < 0.1  # one Gaussian, not the two members' modes
 
 
-def test_mm_refits_one_gaussian_per_candidate_and_resamples() -> None:
+def test_mm_refits_the_candidates_sampled_changes_and_adds_them_to_each_particle() -> None:
+    """Upstream MM (handful-of-trials MPC.py:339-349, model outputs are changes of state):
+    changes sampled as DS, one Gaussian per candidate refitted to them (population variance),
+    resampled, added to each particle's own state."""
     model = two_members(var=(0.5, 1.5))
-    start = torch.tensor([[[0.0]], [[10.0]]]).expand(2, 8, 1)
-    ds = Propagator(model, "DS", 8, True, torch.Generator().manual_seed(5))
-    sampled = ds.step(start, torch.zeros(2, 1))
-    z = torch.randn(sampled.shape, generator=ds.generator)  # the draw MM takes next
-    mm = Propagator(model, "MM", 8, True, torch.Generator().manual_seed(5))
-    out = mm.step(start, torch.zeros(2, 1))
-    expected = sampled.mean(dim=1, keepdim=True) + z * sampled.std(
-        dim=1, correction=0, keepdim=True
-    )
-    torch.testing.assert_close(out, expected)
-    # Each candidate's particles keep that candidate's refitted mean and variance.
-    torch.testing.assert_close(out.mean(dim=1), expected.mean(dim=1))
+    start = torch.tensor([[[0.0], [4.0], [-2.0], [1.0]], [[10.0], [10.0], [7.0], [30.0]]])
+    ds = Propagator(model, "DS", 4, True, torch.Generator().manual_seed(5))
+    changes = (ds.step(start, torch.zeros(2, 1)) - start).numpy()
+    z = torch.randn(start.shape, generator=ds.generator).numpy()  # the draw MM takes next
+    mm = Propagator(model, "MM", 4, True, torch.Generator().manual_seed(5))
+    out = mm.step(start, torch.zeros(2, 1)).numpy()
+    mean = changes.mean(axis=1, keepdims=True)
+    var = np.square(changes - mean).mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(out, start.numpy() + mean + z * np.sqrt(var), atol=1e-5)
+    # Many particles spread far apart: each one's change follows the one Gaussian of DS
+    # (mean 2, variance 2), whatever its state; the states themselves are not refitted.
+    wide = torch.linspace(-100.0, 100.0, 4000).view(1, 4000, 1)
+    big = Propagator(model, "MM", 4000, True, torch.Generator().manual_seed(6))
+    step = big.step(wide, torch.zeros(1, 1)) - wide
+    assert abs(step.mean().item() - 2.0) < 0.1 and abs(step.var().item() - 2.0) < 0.2
+    assert abs(np.corrcoef(step.flatten().numpy(), wide.flatten().numpy())[0, 1]) < 0.05
 
 
 def test_one_ensemble_call_per_planning_step() -> None:
@@ -227,6 +272,43 @@ def test_terminal_states_are_absorbing_and_non_finite_costs_are_1e6() -> None:
     nan_task = _task(lambda s, a, n: torch.where(n[:, 0] > 5, float("nan"), 1.0))
     cost = trajectory_costs(prop, nan_task, torch.zeros(1), torch.zeros(1, 3, 1))
     assert cost.item() == pytest.approx((-3 + NON_FINITE_COST) / 2, abs=1e-3)
+    # Upstream replaces NaN only (MPC.py:316): a reward of -inf leaves an infinite cost.
+    inf_task = _task(lambda s, a, n: torch.where(n[:, 0] > 5, -float("inf"), 1.0))
+    assert trajectory_costs(prop, inf_task, torch.zeros(1), torch.zeros(1, 3, 1)).item() == math.inf
+    # A state that stops being finite costs 1e6 (upstream: its cost is NaN), even where the
+    # task ends the particle there and pays nothing for it.
+    blown = Propagator(two_members(deltas=(1.0, math.inf)), "TSinf", 2, True, prop.generator)
+    finite = lambda s, a, n: torch.where(torch.isfinite(n[:, 0]), 1.0, 0.0)  # noqa: E731
+    ends = lambda s, a, n: ~torch.isfinite(n[:, 0])  # noqa: E731
+    cost = trajectory_costs(blown, _task(finite, ends), torch.zeros(1), torch.zeros(1, 3, 1))
+    assert cost.item() == pytest.approx((-3 + NON_FINITE_COST) / 2, abs=1e-3)
+
+
+def test_mpc_starts_each_step_from_the_initial_variance_and_shifts_in_zeros() -> None:
+    """Upstream `MPC.act` (MPC.py:214-215): CEM starts from the previous solution shifted by
+    one step with zeros appended (not the middle of the bounds, which only `reset` uses) and
+    from the initial variance `(ub - lb)^2 / 16` every step."""
+    calls = []
+
+    class Recorder:
+        def optimize(self, cost_fn, mean, var):
+            calls.append((mean.clone(), var.clone()))
+            return torch.arange(1.0, 5.0).view(4, 1) * (len(calls) + 1)
+
+    prop = Propagator(two_members(), "TSinf", 2, True, torch.Generator().manual_seed(0))
+    task = Task(
+        "toy", "Toy-v0", 1, 1, 0.5, 2.5, lambda s, a, n: n[:, 0], lambda s, a, n: n[:, 0] > 9
+    )
+    agent = MPCAgent(Recorder(), prop, task, 4)
+    first = agent.act(np.zeros(1, dtype=np.float32))
+    agent.act(np.zeros(1, dtype=np.float32))
+    assert first.tolist() == [2.0]
+    torch.testing.assert_close(calls[0][0], torch.full((4, 1), 1.5))
+    torch.testing.assert_close(calls[1][0], torch.tensor([[4.0], [6.0], [8.0], [0.0]]))
+    for _, var in calls:
+        torch.testing.assert_close(var, torch.full((4, 1), 0.25))
+    agent.reset()
+    torch.testing.assert_close(agent.plan, torch.full((4, 1), 1.5))
 
 
 @pytest.mark.parametrize("prop_type", ["E", "DS", "TS1", "TSinf", "MM"])

@@ -5,7 +5,9 @@ The cost of a candidate action sequence is minus the task's planning reward
 upstream's cartpole did) summed along each particle's predicted trajectory, averaged over the
 candidate's particles (upstream handful-of-trials `MPC._compile_cost`). A particle that
 reaches a terminal state stops earning (terminal states are absorbing: the environment would
-have ended the episode), and a non-finite particle cost counts as 1e6, as upstream's NaN guard.
+have ended the episode). A particle whose cost is NaN counts as 1e6, as upstream's guard
+(`MPC.py:316`); so does one whose predicted state stops being finite while it is alive (upstream's
+cost of such a state is NaN; here the task's termination would otherwise end its earnings).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ombrl.planning.cem import CEMOptimizer, RandomOptimizer
 from ombrl.planning.propagation import Propagator
 from ombrl.tasks import Task
 
-# Cost of a particle whose predicted return is not finite (upstream).
+# Cost of a particle whose predicted return is NaN (upstream `MPC._compile_cost`).
 NON_FINITE_COST = 1e6
 
 
@@ -32,8 +34,8 @@ def trajectory_costs(propagator: Propagator, task: Task, obs: Tensor, actions: T
         actions: P x H x act candidate sequences.
 
     Returns:
-        P costs: `-sum_t r_t` per particle (0 after its first terminal state; 1e6 when not
-        finite), averaged over the candidate's particles.
+        P costs: `-sum_t r_t` per particle (0 after its first terminal state; 1e6 when NaN
+        or when a predicted state is not finite), averaged over the candidate's particles.
     """
     p, horizon, a = actions.shape
     acts = propagator.actions(actions)  # H x G x R x act (layout of `Propagator.start`)
@@ -49,7 +51,8 @@ def trajectory_costs(propagator: Propagator, task: Task, obs: Tensor, actions: T
     # A particle earns at step t while no earlier step ended its episode.
     alive = done.cumsum(dim=0) == done.long()
     costs = -torch.where(alive, reward, 0.0).sum(dim=0)
-    costs = torch.where(torch.isfinite(costs), costs, NON_FINITE_COST)
+    blown = (alive & ~torch.isfinite(path[1:]).all(dim=-1)).any(dim=0)
+    costs = torch.where(torch.isnan(costs) | blown, NON_FINITE_COST, costs)
     return propagator.candidate_mean(costs)
 
 
@@ -94,7 +97,9 @@ class MPCAgent:
         def cost(actions: Tensor) -> Tensor:
             return trajectory_costs(self.propagator, self.task, obs_t, actions.to(device)).cpu()
 
+        # Every step starts from the initial variance (upstream `MPC.act`, MPC.py:214).
         solution = self.optimizer.optimize(cost, self.plan, self.init_var)
-        # Warm start: drop the step taken, append the middle of the bounds.
-        self.plan = torch.cat([solution[1:], self.middle[:1]])
+        # Warm start: drop the step taken, append zeros (upstream MPC.py:215; the middle of
+        # the bounds only at an episode's start, `reset`).
+        self.plan = torch.cat([solution[1:], torch.zeros_like(solution[:1])])
         return solution[0].numpy().astype(np.float32)

@@ -21,10 +21,11 @@ Propagation types (upstream `-ca prop-type`), per step and per candidate:
   step (a random permutation of the candidate's particles, as upstream), then sampled from
   that member's Gaussian (its mean for deterministic models).
 - TSinf: particle j keeps member `j // (N / E)` for the whole trajectory.
-- MM (moment matching): each particle sampled as in DS, then one Gaussian (per-dimension
-  mean and variance) refitted to all the candidate's sampled next states, and every particle
-  resampled from it. Upstream refits the predicted deltas and adds them to each particle's own
-  state; this refits the next states, as the paper describes.
+- MM (moment matching, upstream `MPC._predict_next_obs`, MPC.py:339-349): each particle's
+  change of state sampled as in DS, one Gaussian (per-dimension mean and variance) refitted to
+  the candidate's sampled changes, and every particle's change resampled from it and added to
+  that particle's own state (upstream's model predicts changes, `targ_proc`, and
+  `obs_postproc` adds them). The particles' states are not refitted: only their next step.
 
 Upstream's restrictions apply (`check_types`): TS needs an ensemble (DE, PE), D only E, and
 DE has no variance to sample (not DS or MM).
@@ -297,11 +298,13 @@ class Propagator:
         sampled = self._sample(mean, std)
         if self.prop_type == "DS":
             return sampled.unsqueeze(0)
-        # MM: one Gaussian per candidate, refitted to its particles, then resampled.
-        sampled = sampled.view(r // self.num_particles, self.num_particles, d)
-        fit_mean = sampled.mean(dim=1, keepdim=True)
-        fit_var = sampled.var(dim=1, correction=0, keepdim=True)
-        return (fit_mean + self._noise(sampled) * fit_var.sqrt()).view(1, r, d)
+        # MM: one Gaussian per candidate refitted to its particles' sampled changes, resampled,
+        # and added to each particle's own state.
+        deltas = (sampled - states[0]).view(r // self.num_particles, self.num_particles, d)
+        fit_mean = deltas.mean(dim=1, keepdim=True)
+        fit_var = deltas.var(dim=1, correction=0, keepdim=True)
+        resampled = fit_mean + self._noise(deltas) * fit_var.sqrt()
+        return (states[0] + resampled.view(r, d)).unsqueeze(0)
 
     def _ts1(self, states: Tensor, actions: Tensor) -> Tensor:
         """TS1: a random permutation of each candidate's particles among the member slots of
