@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ombrl.models.ensemble import load_ensemble
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,6 +177,34 @@ def test_upstream_flag_spellings_and_list_overrides(dataset, tmp_path):
     assert meta["config"]["holdout_ratio"] == 0.3
     assert meta["config"]["hidden_size"] == [16, 16]
     assert len(pd.read_csv(tmp_path / "log.csv")) == 1
+
+
+def test_morel_ensemble_trains_on_every_transition_and_logs_no_holdout(dataset, tmp_path):
+    """config/ensembles/morel.yaml holds out nothing (mjrl): the metrics have no holdout
+    column, model.json's holdout is empty, and all members are elites."""
+    result = ombrl(
+        "train-ensemble",
+        "--dataset",
+        str(dataset),
+        "--config",
+        "config/ensembles/morel.yaml",
+        "--params",
+        "fit_epochs=2",
+        "hidden_size=16,16",
+        "--output",
+        str(tmp_path / "model"),
+        "--track-training",
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    csv = pd.read_csv(tmp_path / "model/metrics.csv")
+    assert len(csv) == 2 and "full_mse_ensemble" in csv.columns
+    assert not [c for c in csv.columns if c.startswith("holdout")]
+    meta = json.loads((tmp_path / "model/model.json").read_text())["meta"]
+    assert meta["config"]["holdout_ratio"] == 0 and meta["holdout"] == {}
+    assert meta["best_epoch"] == [2, 2, 2, 2]
+    model, _ = load_ensemble(tmp_path / "model")
+    assert model.elites == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize(

@@ -119,6 +119,27 @@ def test_nll_snapshot_of_a_deterministic_ensemble_is_refused_when_the_config_loa
     assert pnn["snapshot"] == "nll"
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"snapshot": "mse"}, "snapshot: 'mse' picks an epoch by a holdout metric, and "),
+        ({"patience": 3}, "patience: 3 stops on a holdout metric, and "),
+        ({"num_elites": 2}, "num_elites: 2 ranks members by holdout MSE, and "),
+    ],
+)
+def test_without_a_holdout_what_needs_one_is_refused_when_the_config_loads(override, message):
+    """morel.yaml trains on every transition (mjrl): a key that needs a holdout metric is one
+    line naming the key and the fix."""
+    morel = ROOT / "config/ensembles/morel.yaml"
+    assert load_ensemble_config(morel, {})["holdout_ratio"] == 0
+    with pytest.raises(OmbrlError) as err:
+        load_ensemble_config(morel, override)
+    assert str(err.value).startswith(f"{morel} with --params: {message}")
+    assert "holdout_ratio: 0 leaves no holdout" in str(err.value) and "\n" not in str(err.value)
+    # With a holdout the same value is fine.
+    assert load_ensemble_config(morel, {**override, "holdout_ratio": 0.2})["holdout_ratio"] == 0.2
+
+
 def test_every_shipped_ensemble_config_is_valid():
     for path in sorted((ROOT / "config" / "ensembles").glob("*.yaml")):
         raw = yaml.safe_load(path.read_text())

@@ -328,7 +328,8 @@ CASES = [
     (
         "holdout-ratio-zero",
         ["train-ensemble", "--dataset", "{good}", "--output", "{out}/e", "--holdout-ratio", "0"],
-        "--params: holdout_ratio: 0.0 is less than or equal to the minimum of 0",
+        "--params: snapshot: 'mse' picks an epoch by a holdout metric, and holdout_ratio: 0 "
+        "leaves no holdout; use last",
     ),
 ]
 

@@ -197,6 +197,9 @@ def test_holdout_by_transition_and_errors():
         split_holdout(ids, 0.3, "episode", torch.Generator())
     with pytest.raises(OmbrlError, match="2 episodes"):
         split_holdout(np.zeros(10, int), 0.3, "trajectory", torch.Generator())
+    for by in ("transition", "trajectory"):
+        train, hold = split_holdout(ids, 0.0, by, torch.Generator().manual_seed(0))
+        assert list(train) == list(range(100)) and len(hold) == 0
 
 
 def test_normalizers_come_from_the_training_split_only():
@@ -438,6 +441,16 @@ def test_clip_grad_norm_per_member_leaves_small_gradients_alone():
         ({"normalization": "minmax"}, "normalization"),
         ({"snapshot": "nll"}, "snapshot: 'nll' needs a probabilistic ensemble"),
         ({"batch_order": "random"}, "batch_order"),
+        # Without a holdout nothing can pick an epoch, stop early or rank members.
+        ({"holdout_ratio": 0.0}, "^snapshot: 'mse' picks an epoch by a holdout metric"),
+        (
+            {"holdout_ratio": 0.0, "snapshot": "last", "patience": 3},
+            "^patience: 3 stops on a holdout metric",
+        ),
+        (
+            {"holdout_ratio": 0.0, "snapshot": "last", "num_elites": 2},
+            r"^num_elites: 2 ranks members by holdout MSE, .*use num_models \(3\)$",
+        ),
     ],
 )
 def test_bad_config_raises_ombrl_error(change, match):
@@ -567,3 +580,45 @@ def test_train_step_clips_each_members_gradient():
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
     train_step(model, optimizer, x, y, [0.0, 0.0], 0.1)
     torch.testing.assert_close(member_norms(), torch.full((3,), 0.1), rtol=1e-4, atol=0)
+
+
+def test_zero_holdout_trains_on_every_row_and_logs_no_holdout():
+    """`holdout_ratio: 0` (mjrl's MOReL fit): each epoch trains on all N rows, in full batches
+    plus one remainder, the normalisers are the mean and mean absolute deviation of all N
+    (one far-off row would move them if it were held out), nothing is evaluated on a holdout,
+    the last epoch is kept and every member is an elite."""
+    n = 333
+    obs, act, next_obs, _ = linear_system(11, n)
+    obs[17] += 50.0  # any holdout drawing this row would change the input statistics
+    data = make_dataset(obs, act, next_obs)
+    model = make_model(members=3)
+    rows = count_forward_rows(model)
+    cfg = dataclasses.replace(
+        BASE_CFG,
+        fit_epochs=2,
+        holdout_ratio=0.0,
+        snapshot="last",
+        num_elites=3,
+        patience=0,
+        normalization="mad",
+    )
+    result = fit_ensemble(model, data, cfg, 0, CPU, progress=False)
+    # 2 epochs of ceil(333 / 64) = 6 steps, 5 x 64 + 13 rows each; no evaluation pass at all.
+    assert rows == [64] * 5 + [13] + [64] * 5 + [13]
+    inputs = np.concatenate([obs, act], axis=1)
+    mad = np.abs(inputs - inputs.mean(0)).mean(0)
+    np.testing.assert_allclose(model.input_mean.numpy(), inputs.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.input_std.numpy(), mad, rtol=1e-5)
+    assert len(result.holdout_indices) == 0 and result.holdout == {}
+    assert result.holdout_mse == [] and result.best_epoch == [2, 2, 2]
+    assert result.elites == [0, 1, 2] == model.elites
+    assert all(not key.startswith("holdout") for row in result.history for key in row)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+
+    # track_training's whole-dataset metrics are then the training split's, evaluated once.
+    tracked = make_model(members=3)
+    rows = count_forward_rows(tracked)
+    result = fit_ensemble(tracked, data, cfg, 0, CPU, progress=False, track_training=True)
+    assert rows[6:7] == [n] and len(rows) == 14  # 6 steps, one pass over all rows, per epoch
+    assert result.history[-1]["full_mse_ensemble"] > 0
+    assert all(not key.startswith("holdout") for row in result.history for key in row)

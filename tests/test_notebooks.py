@@ -40,9 +40,9 @@ def toy_dataset(n: int = 300) -> Dataset:
     )
 
 
-def write_run(folder: Path, probabilistic: bool, snapshot: str) -> Path:
+def write_run(folder: Path, probabilistic: bool, snapshot: str, holdout_ratio: float = 0.2) -> Path:
     """Train a tiny ensemble for a few epochs; write its metrics.csv and model.json as
-    train-ensemble does."""
+    train-ensemble does (`holdout_ratio` 0: every member an elite, as it must be)."""
     torch.manual_seed(0)
     model = DynamicsEnsemble(3, 1, [16, 16], MEMBERS, probabilistic, "swish", False)
     cfg = FitConfig(
@@ -50,14 +50,14 @@ def write_run(folder: Path, probabilistic: bool, snapshot: str) -> Path:
         batch_size=64,
         lr=3e-3,
         weight_decay=0.0,
-        holdout_ratio=0.2,
+        holdout_ratio=holdout_ratio,
         holdout_by="transition",
         patience=0,
         scheduler_gamma=None,
         bootstrap=True,
         batch_order="per_member",
         snapshot=snapshot,
-        num_elites=2,
+        num_elites=2 if holdout_ratio > 0 else MEMBERS,
         normalization="std",
         grad_clip=None,
         compile=False,
@@ -122,3 +122,24 @@ def test_missing_member_column_fails_with_its_name(tmp_path, runs):
     assert done.returncode != 0
     assert f"{broken}: column(s) ['holdout_mse_m1'] missing" in done.stderr + done.stdout
     assert not (tmp_path / "figure/ensemble_loss.pdf").exists()
+
+
+def test_an_ensemble_without_holdout_is_drawn_in_the_train_panel_only(tmp_path, runs):
+    """A `holdout_ratio: 0` fit (mjrl's MOReL) writes no holdout column: the figure draws its
+    train loss, next to an ensemble with a holdout or alone, and its summary row leaves the
+    holdout values empty."""
+    morel = write_run(tmp_path / "morel", False, "last", holdout_ratio=0.0)
+    table = pd.read_csv(morel / "metrics.csv")
+    assert len(table) == 6 and not any(c.startswith("holdout") for c in table.columns)
+    for labels, folders in ((["dnn", "morel"], [runs[0], morel]), (["morel"], [morel])):
+        out = tmp_path / "-".join(["render", *labels])
+        out.mkdir()
+        csvs, jsons = [f / "metrics.csv" for f in folders], [f / "model.json" for f in folders]
+        done = run_notebook(out, csvs, jsons, labels)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert (out / "figure/ensemble_loss.pdf").read_bytes().startswith(b"%PDF")
+        executed = json.loads((out / "ensemble_loss.ipynb").read_text())
+        summary = "".join(executed["cells"][-1]["outputs"][0]["data"]["text/plain"])
+        morel_row = next(line for line in summary.splitlines() if line.startswith("morel"))
+        assert ("holdout" in summary) == ("dnn" in labels)
+        assert ("NaN" in morel_row) == ("dnn" in labels)

@@ -252,8 +252,40 @@ def load_ensemble_config(path: Path | None, overrides: dict, source: str = "--pa
             f"{where}: snapshot: 'nll' needs probabilistic: true (a deterministic ensemble has "
             "no NLL); use mse or last"
         )
+    conflict = holdout_conflict(
+        cfg["holdout_ratio"], cfg["snapshot"], cfg["patience"], cfg["num_elites"], cfg["num_models"]
+    )
+    if conflict is not None:
+        raise OmbrlError(f"{where}: {conflict}")
     check_model_memory(cfg["hidden_size"], cfg["num_models"], f"{where}: hidden_size")
     return cfg
+
+
+def holdout_conflict(
+    holdout_ratio: float, snapshot: str, patience: int, num_elites: int, num_models: int
+) -> str | None:
+    """What an ensemble config asks of a holdout when `holdout_ratio: 0` leaves none.
+
+    Without a holdout (mjrl's MOReL fit trains on every transition) there is no holdout metric
+    to pick an epoch by, to stop early on, or to rank members by, so each member keeps its last
+    epoch, training runs every epoch and every member is an elite.
+
+    Returns:
+        "key: value why; use X" for the first key that needs a holdout, or None.
+    """
+    if holdout_ratio > 0:
+        return None
+    none = "and holdout_ratio: 0 leaves no holdout"
+    if snapshot != "last":
+        return f"snapshot: {snapshot!r} picks an epoch by a holdout metric, {none}; use last"
+    if patience != 0:
+        return f"patience: {patience} stops on a holdout metric, {none}; use 0"
+    if num_elites != num_models:
+        return (
+            f"num_elites: {num_elites} ranks members by holdout MSE, {none}; "
+            f"use num_models ({num_models})"
+        )
+    return None
 
 
 #: Bytes per weight while training: float32 weight, gradient and Adam's two moments.

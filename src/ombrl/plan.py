@@ -400,7 +400,7 @@ class Pricer:
             cfg["num_models"], holdout, data.obs, data.act, cfg["hidden_size"], outputs
         )
         per_epoch = self.unit("ensemble_step", step, math.ceil(train / batch))
-        per_epoch += self.unit("model_step", check)
+        per_epoch += self.unit("model_step", check, int(holdout > 0))  # holdout_ratio 0: none
         return cfg["fit_epochs"] * per_epoch
 
     def behaviour(self, run: str) -> float:

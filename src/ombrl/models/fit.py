@@ -3,7 +3,9 @@
 All members step together (one batched forward/backward per batch, `train_step`), the data is
 moved to the device once, and each epoch costs the training batches plus one holdout evaluation;
 `track_training` adds one evaluation pass over the training split, nothing else does, and the
-kept model is evaluated on the holdout once more at the end. Every
+kept model is evaluated on the holdout once more at the end. `holdout_ratio: 0` trains on every
+transition (mjrl's MOReL) and has no holdout metric at all: the last epoch is kept, nothing
+stops early and every member is an elite (`ombrl.config.holdout_conflict`). Every
 random choice (holdout split, bootstrap resamples, batch order) comes from one
 `torch.Generator` seeded with `seed`, so the same seed gives the same weights and metrics.
 Everything the epoch loop changes lives in one `_FitState`, which a `Checkpointer` saves every
@@ -30,6 +32,7 @@ from ombrl.checkpoint import (
     prefixed,
     subset,
 )
+from ombrl.config import holdout_conflict
 from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
 from ombrl.io import require_finite
@@ -66,7 +69,7 @@ class FitConfig:
     batch_size: int  # transitions per member in one gradient step
     lr: float  # Adam learning rate
     weight_decay: float | list[float]  # L2 coefficient: one for all layers, or one per layer
-    holdout_ratio: float  # fraction of transitions held out (early stopping, elites), in (0, 1)
+    holdout_ratio: float  # fraction held out (snapshot, early stopping, elites); 0: none, in [0, 1)
     holdout_by: str  # "transition" (random transitions) or "trajectory" (whole episodes)
     patience: int  # stop after this many epochs in which no member improved; 0 = never stop
     scheduler_gamma: float | None  # ExponentialLR factor applied after each epoch; None = off
@@ -88,14 +91,17 @@ class FitResult:
 
     Attributes:
         history: one dict per epoch (see `fit_ensemble`), CSV-ready (flat, scalar values).
-        elites: member indices, lowest holdout MSE first.
+        elites: member indices, lowest holdout MSE first (no holdout: every member, in order).
         best_epoch: per member, the epoch of the snapshot it kept (0: none).
-        holdout_mse: per member, the holdout MSE of that snapshot (normalised space).
+        holdout_mse: per member, the holdout MSE of that snapshot (normalised space); empty
+            without a holdout.
         holdout: the kept model's holdout metrics, named as the history's columns
             (`holdout_mse`, `holdout_nll`, `holdout_z2`, `holdout_within_1sigma`, each with
-            `_m{i}` and `_ensemble`; calibration for probabilistic models only).
+            `_m{i}` and `_ensemble`; calibration for probabilistic models only); empty without
+            a holdout.
         epochs_run: number of epochs trained (< cfg.fit_epochs when stopped early).
-        holdout_indices: sorted indices of the held-out transitions in the dataset.
+        holdout_indices: sorted indices of the held-out transitions in the dataset (empty
+            without a holdout).
     """
 
     history: list[dict]
@@ -114,7 +120,7 @@ def split_holdout(
 
     Args:
         episode_ids: N episode index of each transition.
-        ratio: fraction of transitions to hold out, in (0, 1).
+        ratio: fraction of transitions to hold out, in [0, 1); 0: none, every row trains.
         by: "transition" (a random subset) or "trajectory" (whole episodes, drawn in random
             order until at least `ratio * N` transitions are held out; never splits one).
         generator: source of randomness.
@@ -123,6 +129,8 @@ def split_holdout(
         Sorted train indices and sorted holdout indices (int64), disjoint, covering 0..N-1.
     """
     n = len(episode_ids)
+    if ratio == 0:
+        return np.arange(n), np.empty(0, dtype=np.int64)
     target = max(1, round(ratio * n))
     if by == "transition":
         if target >= n:
@@ -211,7 +219,7 @@ def _check_config(cfg: FitConfig, model: DynamicsEnsemble, dataset: Dataset) -> 
         (cfg.fit_epochs >= 1, "fit_epochs", "must be >= 1"),
         (cfg.batch_size >= 1, "batch_size", "must be >= 1"),
         (cfg.lr > 0, "lr", "must be > 0"),
-        (0 < cfg.holdout_ratio < 1, "holdout_ratio", "must be in (0, 1)"),
+        (0 <= cfg.holdout_ratio < 1, "holdout_ratio", "must be in [0, 1)"),
         (cfg.holdout_by in ("transition", "trajectory"), "holdout_by", "is not a choice"),
         (cfg.patience >= 0, "patience", "must be >= 0"),
         (
@@ -242,6 +250,11 @@ def _check_config(cfg: FitConfig, model: DynamicsEnsemble, dataset: Dataset) -> 
     for ok, key, why in checks:
         if not ok:
             raise OmbrlError(f"{key}: {getattr(cfg, key)!r} {why}")
+    conflict = holdout_conflict(
+        cfg.holdout_ratio, cfg.snapshot, cfg.patience, cfg.num_elites, model.num_models
+    )
+    if conflict is not None:
+        raise OmbrlError(conflict)
     model.decay_coefficients(cfg.weight_decay)
     if (dataset.obs_dim, dataset.act_dim) != (model.obs_dim, model.act_dim):
         raise OmbrlError(
@@ -428,9 +441,16 @@ class _FitState:
         self.best_mean = torch.tensor(float("inf"), device=device)  # early_stopping: ensemble
         self.history: list[dict] = []
 
-    def end_epoch(self, holdout: dict[str, Tensor], metrics: dict) -> None:
-        """Snapshot each member whose holdout score improved enough; log the row."""
+    def end_epoch(self, holdout: dict[str, Tensor] | None, metrics: dict) -> None:
+        """Snapshot each member whose holdout score improved enough; log the row.
+
+        Without a holdout (None) only the row is logged: `snapshot` is then `last` and
+        patience 0 (`holdout_conflict`), so there is nothing to compare.
+        """
         self.epoch += 1
+        self.history.append(metrics)
+        if holdout is None:
+            return
         if self.snapshot == "nll":
             score = holdout["nll"]
             improved = score < self.best_score - NLL_IMPROVEMENT
@@ -449,7 +469,6 @@ class _FitState:
         with torch.no_grad():
             for snapshot, p in zip(self.best_params, self.params, strict=False):  # last: none
                 snapshot[improved] = p[improved]
-        self.history.append(metrics)
 
     def keep(self) -> list[int]:
         """Put the kept snapshot into the model; return each member's epoch of it."""
@@ -530,7 +549,9 @@ def fit_ensemble(
     has improved (MSE for `last`) for `cfg.patience` epochs. At the end each member is
     restored to its snapshot (`last`: the final weights, untouched), the kept model is
     evaluated on the holdout once more, calibration included (`FitResult.holdout`), and
-    `model.elites` is set from that evaluation's MSE.
+    `model.elites` is set from that evaluation's MSE. With `holdout_ratio: 0` every
+    transition trains, no holdout column is logged, the last epoch is kept and every member
+    is an elite.
 
     Args:
         model: the ensemble to train (moved to `device`, trained in place).
@@ -560,6 +581,7 @@ def fit_ensemble(
           `full_nll` (+ `_m{i}`, `_ensemble`) over the whole dataset (training split and
           holdout, eval mode, end of epoch: one extra pass over the training split), and the
           holdout calibration `holdout_z2`, `holdout_within_1sigma` (+ `_m{i}`, `_ensemble`).
+        - `holdout_ratio: 0` writes no `holdout_` column (there is no holdout to measure).
     """
     _check_config(cfg, model, dataset)
     generator = torch.Generator().manual_seed(seed)
@@ -585,7 +607,7 @@ def fit_ensemble(
     x_train, y_train = x_all[train_idx.to(device)], y_all[train_idx.to(device)]
     x_hold, y_hold = x_all[holdout_idx.to(device)], y_all[holdout_idx.to(device)]
     del x_all, y_all
-    n_train = len(train_idx)
+    n_train, has_holdout = len(train_idx), len(holdout_idx) > 0
 
     base = bootstrap_indices(e, n_train, generator) if cfg.bootstrap else None
     per_member = cfg.batch_order == "per_member"
@@ -645,15 +667,20 @@ def fit_ensemble(
                 "mse": sum_mse / n_train,
                 "nll": None if sum_nll is None else sum_nll / n_train,
             },
-            "holdout": _evaluate(model, x_hold, y_hold, calibration=track_training),
         }
+        if has_holdout:
+            splits["holdout"] = _evaluate(model, x_hold, y_hold, calibration=track_training)
         if track_training:
             train_eval = _evaluate(model, x_train, y_train, calibration=False)
-            splits["full"] = _full_dataset(train_eval, n_train, splits["holdout"], len(x_hold))
+            splits["full"] = (
+                _full_dataset(train_eval, n_train, splits["holdout"], len(x_hold))
+                if has_holdout
+                else train_eval
+            )
         metrics = _epoch_metrics(epoch, lr, time.perf_counter() - start_time, splits)
-        state.end_epoch(splits["holdout"], metrics)
+        state.end_epoch(splits.get("holdout"), metrics)
         bar.set_postfix(
-            train=f"{metrics['train_mse']:.4g}", holdout=f"{metrics['holdout_mse']:.4g}"
+            {s: f"{metrics[f'{s}_mse']:.4g}" for s in ("train", "holdout") if s in splits}
         )
         if on_epoch is not None:
             on_epoch(metrics)
@@ -665,16 +692,19 @@ def fit_ensemble(
 
     best_epoch = state.keep()
     model.eval()
-    kept = _evaluate(model, x_hold, y_hold, calibration=True)
-    kept_mse = kept["mse"].tolist()
-    elites = sorted(range(e), key=lambda m: kept_mse[m])[: cfg.num_elites]
+    kept_mse, holdout = [], {}
+    elites = list(range(e))  # no holdout: num_elites == num_models (checked)
+    if has_holdout:
+        kept = _evaluate(model, x_hold, y_hold, calibration=True)
+        kept_mse, holdout = kept["mse"].tolist(), _flatten({"holdout": kept})
+        elites = sorted(range(e), key=lambda m: kept_mse[m])[: cfg.num_elites]
     model.elites = elites
     return FitResult(
         history=state.history,
         elites=elites,
         best_epoch=best_epoch,
         holdout_mse=kept_mse,
-        holdout=_flatten({"holdout": kept}),
+        holdout=holdout,
         epochs_run=len(state.history),
         holdout_indices=holdout_np,
     )
