@@ -160,9 +160,15 @@ class CQL(OfflineAgent):
         """
         cfg, b, n = self.cfg, len(batch), self.cfg.n_actions
         obs, next_obs = batch.obs, batch.next_obs
-        states = torch.cat([obs, next_obs, obs.repeat(n, 1), next_obs.repeat(n, 1)])
-        sample = self.actor(states, noise.normal)
-        pi, log_pi = sample.act[:b], sample.log_prob[:b]
+        # One actor pass over the 2B distinct states; the noise broadcasts over a leading
+        # axis of 1 + n draws: draw 0 is the actor's sample at s and the target's at s',
+        # draws 1..n the log-sum-exp's (rows k B + i of `noise.normal`'s blocks are draw
+        # k + 1 at state i).
+        first, at_s, at_next = noise.normal.split([2 * b, n * b, n * b])
+        draws = torch.stack([at_s.reshape(n, b, -1), at_next.reshape(n, b, -1)], 1)
+        eps = torch.cat([first.reshape(1, 2 * b, -1), draws.reshape(n, 2 * b, -1)])
+        sample = self.actor(torch.cat([obs, next_obs]), eps)
+        pi, log_pi = sample.act[0, :b], sample.log_prob[0, :b]
         alpha = self.log_alpha.detach().exp()
         if self.step < cfg.bc_steps:  # the authors' warm start (`policy_eval_start`)
             objective = self.data_log_prob(obs, batch.act)
@@ -171,21 +177,23 @@ class CQL(OfflineAgent):
         actor_loss = (alpha * log_pi - objective).mean()
         alpha_loss = -(self.log_alpha * (log_pi.detach() + self.target_entropy)).mean()
         with torch.no_grad():
-            next_q = self.q(self.target_critic, next_obs, sample.act[b : 2 * b]).amin(0)
+            next_q = self.q(self.target_critic, next_obs, sample.act[0, b:]).amin(0)
             if cfg.backup_entropy:
-                next_q = next_q - alpha * sample.log_prob[b : 2 * b]
+                next_q = next_q - alpha * sample.log_prob[0, b:]
             target = batch.rew + cfg.gamma * (1.0 - batch.terminal) * next_q
             uniform = self.actor.center + self.actor.scale * noise.uniform
-            sampled = torch.cat([uniform, sample.act[2 * b :]])
+            drawn = sample.act[1:].reshape(n, 2, b, -1).transpose(0, 1).reshape(2 * n * b, -1)
+            # The dataset's actions, then the sampled ones: n uniform, n pi(s), n pi(s').
+            acts = torch.cat([batch.act, uniform, drawn])
             # log p of each sampled action: the uniform density 2^-act_dim, then pi's.
             log_p = torch.cat(
                 [
                     torch.full((n * b,), -self.act_dim * math.log(2.0), device=obs.device),
-                    sample.log_prob[2 * b :],
+                    sample.log_prob[1:].reshape(n, 2, b).transpose(0, 1).reshape(-1),
                 ]
             )
-        q_data = self.q(self.critic, obs, batch.act)
-        q_sampled = self.q(self.critic, obs.repeat(3 * n, 1), sampled)  # 2 x 3nB
+        q_all = self.q(self.critic, obs.repeat(1 + 3 * n, 1), acts)  # 2 x (1 + 3n)B, one pass
+        q_data, q_sampled = q_all[:, :b], q_all[:, b:]
         # 2 x B x 3n: row b holds the 3n actions sampled for state b.
         logits = (q_sampled - log_p).reshape(2, 3 * n, b).transpose(1, 2) / cfg.temperature
         logsumexp = cfg.temperature * torch.logsumexp(logits, dim=-1)

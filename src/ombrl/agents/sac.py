@@ -109,7 +109,8 @@ class GaussianActor(nn.Module):
 
         Args:
             obs: B x obs_dim.
-            eps: B x act_dim standard normal noise; zeros give the deterministic tanh(mean).
+            eps: B x act_dim standard normal noise (or ... x B x act_dim: draws that broadcast
+                over the leading axes); zeros give the deterministic tanh(mean).
         """
         out, inputs = self.net(obs.unsqueeze(0))
         mean, raw_log_std = out[0].chunk(2, dim=-1)
