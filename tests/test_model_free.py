@@ -20,6 +20,7 @@ from ombrl.agents.buffer import Batch
 from ombrl.agents.cql import CQL, CQLConfig, CQLNoise
 from ombrl.agents.iql import IQL, IQLConfig
 from ombrl.agents.td3_bc import TD3BC, TD3BCConfig
+from ombrl.config import resolve_mode
 from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
 
@@ -330,7 +331,8 @@ def cql(**overrides) -> CQL:
         n_actions=3,
         temperature=1.0,
         backup_entropy=False,
-        bc_steps=0,
+        steps=100,
+        bc_fraction=0.0,
         normalize_states=False,
     )
     cfg.update(overrides)
@@ -468,10 +470,12 @@ def test_figures_draw_the_model_free_references_in_greens_of_their_own() -> None
 
 
 def test_cql_warm_start_fits_the_dataset_actions_first() -> None:
-    """The authors' code (`policy_eval_start`): for the first bc_steps updates the actor loss
-    is alpha log pi(a~|s) - log pi(a|s) of the dataset action, with rlkit's TanhNormal:
+    """The authors' code (`policy_eval_start`): for the first updates (a share of them: 0.02
+    of 100 is 2, the second still warm) the actor loss is alpha log pi(a~|s) - log pi(a|s)
+    of the dataset action, with rlkit's TanhNormal:
     log N(atanh(a); mu, sigma) - log(1 - a^2 + 1e-6), a in [-1, 1]."""
-    agent, batch = cql(bc_steps=1), tiny_batch()
+    agent, batch = cql(bc_fraction=0.02), tiny_batch()
+    agent.update(batch)
     noise = cql_noise(agent, 4)
     got = agent.losses(batch, noise)
     out = mlp(agent.actor.net, 0, batch.obs)
@@ -485,6 +489,13 @@ def test_cql_warm_start_fits_the_dataset_actions_first() -> None:
     actor = list(agent.actor.parameters())
     for g, w in zip(grads(got["actor_loss"], actor), grads(want, actor), strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
-    agent.update(batch)  # step 1 of 1 done: Q from now on
+    agent.update(batch)  # step 2 of 2 done: Q from now on
     _, expected_q_loss, _ = cql_losses(agent, batch, noise)
     torch.testing.assert_close(agent.losses(batch, noise)["actor_loss"], expected_q_loss)
+
+
+def test_cql_bc_steps_names_its_replacement() -> None:
+    """The warm start is a share of `steps` now: the old count fails with one line."""
+    with pytest.raises(OmbrlError, match=r"cql: bc_steps: renamed: use bc_fraction"):
+        resolve_mode("cql", {"bc_steps": 1000}, "cql")
+    assert resolve_mode("cql", {}, "cql")["bc_fraction"] == 0.04

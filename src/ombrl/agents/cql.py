@@ -11,9 +11,10 @@ policy actions at s' (all evaluated at s, each with its own log-probability), as
 code (github.com/aviralkumar2907/CQL, `min_q_version=3`). The conservative term pushes Q
 down on actions the policy would take and up on the dataset's.
 
-With `bc_steps`, the actor of the first updates maximises the dataset action's
-log-probability instead of Q (the authors' warm start, `policy_eval_start`: 40000 in their
-code, CORL's `bc_steps` 100000; 0 by default, as d3rlpy).
+For the first `bc_fraction` of the `steps` updates the actor maximises the dataset action's
+log-probability instead of Q: the authors' warm start (`policy_eval_start`, 40000 updates in
+their mujoco script), 0.04 by default (40000 of 1M) so that a shorter run keeps its share.
+CORL and d3rlpy run without it by default.
 
 The TD target has no entropy term by default (the authors' `deterministic_backup`, CORL's
 `backup_entropy: False`). The actor, temperature and critic losses of one update are
@@ -53,7 +54,8 @@ class CQLConfig:
     n_actions: int  # actions of each kind (uniform, pi(s), pi(s')) in the log-sum-exp
     temperature: float  # temperature of the log-sum-exp
     backup_entropy: bool  # subtract alpha log pi(a'|s') in the TD target
-    bc_steps: int  # first updates whose actor maximises log pi(a_data|s) instead of Q
+    steps: int  # updates of the run (the warm start is a share of them)
+    bc_fraction: float  # share of the first updates whose actor maximises log pi(a_data|s)
     normalize_states: bool  # networks see the dataset-standardised state
 
 
@@ -99,6 +101,7 @@ class CQL(OfflineAgent):
         self.target_critic = frozen_copy(self.critic)
         self.log_alpha = torch.zeros((), device=self.device, requires_grad=True)
         self.target_entropy = -float(act_dim)
+        self.bc_steps = round(cfg.bc_fraction * cfg.steps)
         self.actor_optim = fused_adam(
             [*self.actor.parameters(), self.log_alpha], cfg.actor_lr, self.device
         )
@@ -170,7 +173,7 @@ class CQL(OfflineAgent):
         sample = self.actor(torch.cat([obs, next_obs]), eps)
         pi, log_pi = sample.act[0, :b], sample.log_prob[0, :b]
         alpha = self.log_alpha.detach().exp()
-        if self.step < cfg.bc_steps:  # the authors' warm start (`policy_eval_start`)
+        if self.step < self.bc_steps:  # the authors' warm start (`policy_eval_start`)
             objective = self.data_log_prob(obs, batch.act)
         else:
             objective = self.q(self.critic, obs, pi).amin(0)
