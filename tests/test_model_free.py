@@ -340,10 +340,11 @@ def cql(**overrides) -> CQL:
 
 
 def tanh_gaussian(agent: CQL, obs: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-    """SAC's policy (Haarnoja et al. 2018, appendix C): u = mu + sigma eps, a = center + half
+    """SAC's policy (Haarnoja et al. 2018, appendix C) with rlkit's log-std bounds [-5, 2]:
+    u = mu + sigma eps, a = center + half
     tanh(u); log pi of the squashed action in [-1, 1]: log N(u) - sum log(1 - tanh(u)^2)."""
     out = mlp(agent.actor.net, 0, obs)
-    mu, log_std = out[:, :ACT], out[:, ACT:].clamp(-20, 2)
+    mu, log_std = out[:, :ACT], out[:, ACT:].clamp(-5, 2)  # rlkit's policies.py:10-11
     u = mu + log_std.exp() * eps
     log_prob = torch.distributions.Normal(mu, log_std.exp()).log_prob(u).sum(-1)
     log_prob = log_prob - torch.log(1 - torch.tanh(u) ** 2).sum(-1)
@@ -479,7 +480,7 @@ def test_cql_warm_start_fits_the_dataset_actions_first() -> None:
     noise = cql_noise(agent, 4)
     got = agent.losses(batch, noise)
     out = mlp(agent.actor.net, 0, batch.obs)
-    mu, log_std = out[:, :ACT], out[:, ACT:].clamp(-20, 2)
+    mu, log_std = out[:, :ACT].clamp(-9, 9), out[:, ACT:].clamp(-5, 2)  # policies.py:81,84
     a = ((batch.act - CENTER) / HALF).clamp(-1 + 1e-6, 1 - 1e-6)
     normal = torch.distributions.Normal(mu, log_std.exp())
     data_log_prob = (normal.log_prob(torch.atanh(a)) - torch.log(1 - a**2 + 1e-6)).sum(-1)
@@ -499,3 +500,15 @@ def test_cql_bc_steps_names_its_replacement() -> None:
     with pytest.raises(OmbrlError, match=r"cql: bc_steps: renamed: use bc_fraction"):
         resolve_mode("cql", {"bc_steps": 1000}, "cql")
     assert resolve_mode("cql", {}, "cql")["bc_fraction"] == 0.04
+
+
+def test_cql_actor_keeps_the_authors_log_std_floor() -> None:
+    """rlkit's TanhGaussianPolicy (d4rl/rlkit/torch/sac/policies.py:11,84) clamps log std at
+    -5, not SAC's -20: a net asking for log std -10 samples with std e^-5."""
+    agent = cql()
+    last = agent.actor.net.layers()[-1]
+    with torch.no_grad():
+        last[0].zero_()
+        last[1][..., ACT:] = -10.0
+    sample = agent.actor(torch.zeros(3, OBS), torch.ones(3, ACT))
+    torch.testing.assert_close(sample.std, torch.full((3, ACT), math.exp(-5.0)))

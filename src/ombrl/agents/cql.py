@@ -37,7 +37,11 @@ from ombrl.agents.base import action_scale, fused_adam
 from ombrl.agents.buffer import Batch
 from ombrl.agents.networks import StackedMLP
 from ombrl.agents.offline import OfflineAgent, frozen_copy, polyak
-from ombrl.agents.sac import LOG_STD_MAX, LOG_STD_MIN, GaussianActor
+from ombrl.agents.sac import LOG_STD_MAX, GaussianActor
+
+#: The authors' policy bounds (rlkit's `TanhGaussianPolicy`, d4rl/rlkit/torch/sac/policies.py:
+#: 10-13): log std in [-5, 2] (SAC's floor is -20), and in `log_prob` the mean in [-9, 9].
+LOG_STD_MIN, MEAN_BOUND = -5.0, 9.0
 
 
 @dataclass
@@ -94,7 +98,9 @@ class CQL(OfflineAgent):
         center, scale = action_scale(
             self.action_low, self.action_high, act_dim, torch.device("cpu")
         )
-        self.actor = GaussianActor(obs_dim, act_dim, cfg.hidden_size, center, scale, init)
+        self.actor = GaussianActor(
+            obs_dim, act_dim, cfg.hidden_size, center, scale, init, LOG_STD_MIN
+        )
         self.critic = StackedMLP(2, obs_dim + act_dim, cfg.hidden_size, 1, init)
         self.actor.to(self.device)
         self.critic.to(self.device)
@@ -135,10 +141,11 @@ class CQL(OfflineAgent):
 
     def data_log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
         """log pi(a|s) of given actions, in the [-1, 1] space: the pre-tanh value of the
-        action (clamped inside the bounds) under the Gaussian, minus log(1 - a^2 + 1e-6), as
-        the authors' code (rlkit's `TanhNormal.log_prob`)."""
+        action (clamped inside the bounds) under the Gaussian (mean clamped to +-9), minus
+        log(1 - a^2 + 1e-6), as the authors' code (rlkit's `TanhGaussianPolicy.log_prob`)."""
         out = self.actor.net(obs[None])[0][0]
         mean, log_std = out.chunk(2, dim=-1)
+        mean = mean.clamp(-MEAN_BOUND, MEAN_BOUND)
         log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
         a = ((act - self.actor.center) / self.actor.scale).clamp(-1 + 1e-6, 1 - 1e-6)
         z = (torch.atanh(a) - mean) / log_std.exp()
