@@ -341,8 +341,8 @@ def cql(**overrides) -> CQL:
 
 def tanh_gaussian(agent: CQL, obs: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
     """SAC's policy (Haarnoja et al. 2018, appendix C) with rlkit's log-std bounds [-5, 2]:
-    u = mu + sigma eps, a = center + half
-    tanh(u); log pi of the squashed action in [-1, 1]: log N(u) - sum log(1 - tanh(u)^2)."""
+    u = mu + sigma eps, a = center + half tanh(u); log pi of the squashed action in [-1, 1]:
+    log N(u) - sum log(1 - tanh(u)^2)."""
     out = mlp(agent.actor.net, 0, obs)
     mu, log_std = out[:, :ACT], out[:, ACT:].clamp(-5, 2)  # rlkit's policies.py:10-11
     u = mu + log_std.exp() * eps
