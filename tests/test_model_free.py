@@ -20,6 +20,7 @@ from ombrl.agents.buffer import Batch
 from ombrl.agents.cql import CQL, CQLConfig, CQLNoise
 from ombrl.agents.iql import IQL, IQLConfig
 from ombrl.agents.td3_bc import TD3BC, TD3BCConfig
+from ombrl.config import resolve_mode
 from ombrl.data.dataset import Dataset
 from ombrl.errors import OmbrlError
 
@@ -330,7 +331,8 @@ def cql(**overrides) -> CQL:
         n_actions=3,
         temperature=1.0,
         backup_entropy=False,
-        bc_steps=0,
+        steps=100,
+        bc_fraction=0.0,
         normalize_states=False,
     )
     cfg.update(overrides)
@@ -338,10 +340,11 @@ def cql(**overrides) -> CQL:
 
 
 def tanh_gaussian(agent: CQL, obs: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-    """SAC's policy (Haarnoja et al. 2018, appendix C): u = mu + sigma eps, a = center + half
-    tanh(u); log pi of the squashed action in [-1, 1]: log N(u) - sum log(1 - tanh(u)^2)."""
+    """SAC's policy (Haarnoja et al. 2018, appendix C) with rlkit's log-std bounds [-5, 2]:
+    u = mu + sigma eps, a = center + half tanh(u); log pi of the squashed action in [-1, 1]:
+    log N(u) - sum log(1 - tanh(u)^2)."""
     out = mlp(agent.actor.net, 0, obs)
-    mu, log_std = out[:, :ACT], out[:, ACT:].clamp(-20, 2)
+    mu, log_std = out[:, :ACT], out[:, ACT:].clamp(-5, 2)  # rlkit's policies.py:10-11
     u = mu + log_std.exp() * eps
     log_prob = torch.distributions.Normal(mu, log_std.exp()).log_prob(u).sum(-1)
     log_prob = log_prob - torch.log(1 - torch.tanh(u) ** 2).sum(-1)
@@ -468,14 +471,16 @@ def test_figures_draw_the_model_free_references_in_greens_of_their_own() -> None
 
 
 def test_cql_warm_start_fits_the_dataset_actions_first() -> None:
-    """The authors' code (`policy_eval_start`): for the first bc_steps updates the actor loss
-    is alpha log pi(a~|s) - log pi(a|s) of the dataset action, with rlkit's TanhNormal:
+    """The authors' code (`policy_eval_start`): for the first updates (a share of them: 0.02
+    of 100 is 2, the second still warm) the actor loss is alpha log pi(a~|s) - log pi(a|s)
+    of the dataset action, with rlkit's TanhNormal:
     log N(atanh(a); mu, sigma) - log(1 - a^2 + 1e-6), a in [-1, 1]."""
-    agent, batch = cql(bc_steps=1), tiny_batch()
+    agent, batch = cql(bc_fraction=0.02), tiny_batch()
+    agent.update(batch)
     noise = cql_noise(agent, 4)
     got = agent.losses(batch, noise)
     out = mlp(agent.actor.net, 0, batch.obs)
-    mu, log_std = out[:, :ACT], out[:, ACT:].clamp(-20, 2)
+    mu, log_std = out[:, :ACT].clamp(-9, 9), out[:, ACT:].clamp(-5, 2)  # policies.py:81,84
     a = ((batch.act - CENTER) / HALF).clamp(-1 + 1e-6, 1 - 1e-6)
     normal = torch.distributions.Normal(mu, log_std.exp())
     data_log_prob = (normal.log_prob(torch.atanh(a)) - torch.log(1 - a**2 + 1e-6)).sum(-1)
@@ -485,6 +490,25 @@ def test_cql_warm_start_fits_the_dataset_actions_first() -> None:
     actor = list(agent.actor.parameters())
     for g, w in zip(grads(got["actor_loss"], actor), grads(want, actor), strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
-    agent.update(batch)  # step 1 of 1 done: Q from now on
+    agent.update(batch)  # step 2 of 2 done: Q from now on
     _, expected_q_loss, _ = cql_losses(agent, batch, noise)
     torch.testing.assert_close(agent.losses(batch, noise)["actor_loss"], expected_q_loss)
+
+
+def test_cql_bc_steps_names_its_replacement() -> None:
+    """The warm start is a share of `steps` now: the old count fails with one line."""
+    with pytest.raises(OmbrlError, match=r"cql: bc_steps: renamed: use bc_fraction"):
+        resolve_mode("cql", {"bc_steps": 1000}, "cql")
+    assert resolve_mode("cql", {}, "cql")["bc_fraction"] == 0.04
+
+
+def test_cql_actor_keeps_the_authors_log_std_floor() -> None:
+    """rlkit's TanhGaussianPolicy (d4rl/rlkit/torch/sac/policies.py:11,84) clamps log std at
+    -5, not SAC's -20: a net asking for log std -10 samples with std e^-5."""
+    agent = cql()
+    last = agent.actor.net.layers()[-1]
+    with torch.no_grad():
+        last[0].zero_()
+        last[1][..., ACT:] = -10.0
+    sample = agent.actor(torch.zeros(3, OBS), torch.ones(3, ACT))
+    torch.testing.assert_close(sample.std, torch.full((3, ACT), math.exp(-5.0)))

@@ -1,10 +1,10 @@
 """The model-free references learn: on a pendulum-medium dataset (InvertedPendulum-v5, the
 flawed LQR controller of `ombrl collect --policy medium`, whose cart drifts into the end of
 the rail) td3-bc and iql end well above behaviour cloning trained on the same data, with a
-fixed seed. cql has no learning test: with its defaults (actor lr 1e-4, no behaviour-cloning
-warm start) it stays around bc's 34.0 for the 8000 updates measured (5.9 at 3000, 36.6 at
-6000, 26.0 at 8000; with `bc_steps: 1000`, 53.7 at 4000; docs/methods/model-free.md), and
-a run long enough for a clear margin is more than a test can afford at its cost per update.
+fixed seed. cql has no learning test: at its authors' settings (weight 5, actor lr 1e-4, the
+behaviour-cloning warm start of 4% of the updates) it stays around bc's 34.0 for the 14000
+updates measured at 64x64 (44.4 at 4000, 22.8 at 8000, 28.3 at 14000;
+docs/methods/model-free.md): no clear margin at a size a test can afford.
 
 Small networks (64 x 64) and a few thousand updates keep each test at about a minute on one
 free core; every other setting is the method's default.

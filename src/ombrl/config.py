@@ -613,7 +613,11 @@ _NPG_RENAMED: dict = {
     ("input_scaling", "morel"): "none (raw observations, what morel meant) or mask (MOReL's "
     "observation mask, what upstream's morel is)",
 }
-RENAMED = {"morel": _NPG_RENAMED, "j_morel": _NPG_RENAMED}
+_CQL_RENAMED: dict = {
+    "bc_steps": "bc_fraction (the share of `steps` trained as the warm start; the authors' "
+    "40000 of 1M updates is 0.04)",
+}
+RENAMED = {"morel": _NPG_RENAMED, "j_morel": _NPG_RENAMED, "cql": _CQL_RENAMED}
 
 
 def _check_renamed(section: str, params: Mapping, where: str, at: str) -> None:

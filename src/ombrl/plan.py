@@ -82,6 +82,14 @@ def sac_flops(batch: int, obs: int, act: int, hidden: list[int]) -> int:
     return batch * (actor + 4 * critic)
 
 
+def cql_flops(batch: int, obs: int, act: int, hidden: list[int], n_actions: int) -> int:
+    """SAC's update with the critics on the data and 3 n_actions sampled actions a row; the
+    actor runs once on the 2 batch states and next states (the sampled actions share it)."""
+    actor = mlp_weights([obs, *hidden, 2 * act])
+    critic = mlp_weights([obs + act, *hidden, 1])
+    return batch * (2 * actor + 4 * (1 + 3 * n_actions) * critic)
+
+
 def bc_flops(batch: int, obs: int, act: int, hidden: list[int]) -> int:
     return batch * mlp_weights([obs, *hidden, act])
 
@@ -505,8 +513,9 @@ class Pricer:
 
     def updates(self, data: DatasetInfo, params: dict) -> float:
         batch, hidden = params["batch_size"], params["hidden_size"]
-        if "n_actions" in params:  # cql: the critics also see 3 n_actions sampled actions a row
-            batch *= 1 + 3 * params["n_actions"]
+        if "n_actions" in params:
+            flops = cql_flops(batch, data.obs, data.act, hidden, params["n_actions"])
+            return self.unit("sac_update", flops, params["steps"])
         if "gamma" in params:
             return self.unit(
                 "sac_update", sac_flops(batch, data.obs, data.act, hidden), params["steps"]

@@ -11,9 +11,10 @@ policy actions at s' (all evaluated at s, each with its own log-probability), as
 code (github.com/aviralkumar2907/CQL, `min_q_version=3`). The conservative term pushes Q
 down on actions the policy would take and up on the dataset's.
 
-With `bc_steps`, the actor of the first updates maximises the dataset action's
-log-probability instead of Q (the authors' warm start, `policy_eval_start`: 40000 in their
-code, CORL's `bc_steps` 100000; 0 by default, as d3rlpy).
+For the first `bc_fraction` of the `steps` updates the actor maximises the dataset action's
+log-probability instead of Q: the authors' warm start (`policy_eval_start`, 40000 updates in
+their mujoco script), 0.04 by default (40000 of 1M) so that a shorter run keeps its share.
+CORL and d3rlpy run without it by default.
 
 The TD target has no entropy term by default (the authors' `deterministic_backup`, CORL's
 `backup_entropy: False`). The actor, temperature and critic losses of one update are
@@ -36,7 +37,11 @@ from ombrl.agents.base import action_scale, fused_adam
 from ombrl.agents.buffer import Batch
 from ombrl.agents.networks import StackedMLP
 from ombrl.agents.offline import OfflineAgent, frozen_copy, polyak
-from ombrl.agents.sac import LOG_STD_MAX, LOG_STD_MIN, GaussianActor
+from ombrl.agents.sac import LOG_STD_MAX, GaussianActor
+
+#: The authors' policy bounds (rlkit's `TanhGaussianPolicy`, d4rl/rlkit/torch/sac/policies.py:
+#: 10-13): log std in [-5, 2] (SAC's floor is -20), and in `log_prob` the mean in [-9, 9].
+LOG_STD_MIN, MEAN_BOUND = -5.0, 9.0
 
 
 @dataclass
@@ -53,7 +58,8 @@ class CQLConfig:
     n_actions: int  # actions of each kind (uniform, pi(s), pi(s')) in the log-sum-exp
     temperature: float  # temperature of the log-sum-exp
     backup_entropy: bool  # subtract alpha log pi(a'|s') in the TD target
-    bc_steps: int  # first updates whose actor maximises log pi(a_data|s) instead of Q
+    steps: int  # updates of the run (the warm start is a share of them)
+    bc_fraction: float  # share of the first updates whose actor maximises log pi(a_data|s)
     normalize_states: bool  # networks see the dataset-standardised state
 
 
@@ -92,13 +98,16 @@ class CQL(OfflineAgent):
         center, scale = action_scale(
             self.action_low, self.action_high, act_dim, torch.device("cpu")
         )
-        self.actor = GaussianActor(obs_dim, act_dim, cfg.hidden_size, center, scale, init)
+        self.actor = GaussianActor(
+            obs_dim, act_dim, cfg.hidden_size, center, scale, init, LOG_STD_MIN
+        )
         self.critic = StackedMLP(2, obs_dim + act_dim, cfg.hidden_size, 1, init)
         self.actor.to(self.device)
         self.critic.to(self.device)
         self.target_critic = frozen_copy(self.critic)
         self.log_alpha = torch.zeros((), device=self.device, requires_grad=True)
         self.target_entropy = -float(act_dim)
+        self.bc_steps = round(cfg.bc_fraction * cfg.steps)
         self.actor_optim = fused_adam(
             [*self.actor.parameters(), self.log_alpha], cfg.actor_lr, self.device
         )
@@ -132,10 +141,11 @@ class CQL(OfflineAgent):
 
     def data_log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
         """log pi(a|s) of given actions, in the [-1, 1] space: the pre-tanh value of the
-        action (clamped inside the bounds) under the Gaussian, minus log(1 - a^2 + 1e-6), as
-        the authors' code (rlkit's `TanhNormal.log_prob`)."""
+        action (clamped inside the bounds) under the Gaussian (mean clamped to +-9), minus
+        log(1 - a^2 + 1e-6), as the authors' code (rlkit's `TanhGaussianPolicy.log_prob`)."""
         out = self.actor.net(obs[None])[0][0]
         mean, log_std = out.chunk(2, dim=-1)
+        mean = mean.clamp(-MEAN_BOUND, MEAN_BOUND)
         log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
         a = ((act - self.actor.center) / self.actor.scale).clamp(-1 + 1e-6, 1 - 1e-6)
         z = (torch.atanh(a) - mean) / log_std.exp()
@@ -160,32 +170,40 @@ class CQL(OfflineAgent):
         """
         cfg, b, n = self.cfg, len(batch), self.cfg.n_actions
         obs, next_obs = batch.obs, batch.next_obs
-        states = torch.cat([obs, next_obs, obs.repeat(n, 1), next_obs.repeat(n, 1)])
-        sample = self.actor(states, noise.normal)
-        pi, log_pi = sample.act[:b], sample.log_prob[:b]
+        # One actor pass over the 2B distinct states; the noise broadcasts over a leading
+        # axis of 1 + n draws: draw 0 is the actor's sample at s and the target's at s',
+        # draws 1..n the log-sum-exp's (rows k B + i of `noise.normal`'s blocks are draw
+        # k + 1 at state i).
+        first, at_s, at_next = noise.normal.split([2 * b, n * b, n * b])
+        draws = torch.stack([at_s.reshape(n, b, -1), at_next.reshape(n, b, -1)], 1)
+        eps = torch.cat([first.reshape(1, 2 * b, -1), draws.reshape(n, 2 * b, -1)])
+        sample = self.actor(torch.cat([obs, next_obs]), eps)
+        pi, log_pi = sample.act[0, :b], sample.log_prob[0, :b]
         alpha = self.log_alpha.detach().exp()
-        if self.step < cfg.bc_steps:  # the authors' warm start (`policy_eval_start`)
+        if self.step < self.bc_steps:  # the authors' warm start (`policy_eval_start`)
             objective = self.data_log_prob(obs, batch.act)
         else:
             objective = self.q(self.critic, obs, pi).amin(0)
         actor_loss = (alpha * log_pi - objective).mean()
         alpha_loss = -(self.log_alpha * (log_pi.detach() + self.target_entropy)).mean()
         with torch.no_grad():
-            next_q = self.q(self.target_critic, next_obs, sample.act[b : 2 * b]).amin(0)
+            next_q = self.q(self.target_critic, next_obs, sample.act[0, b:]).amin(0)
             if cfg.backup_entropy:
-                next_q = next_q - alpha * sample.log_prob[b : 2 * b]
+                next_q = next_q - alpha * sample.log_prob[0, b:]
             target = batch.rew + cfg.gamma * (1.0 - batch.terminal) * next_q
             uniform = self.actor.center + self.actor.scale * noise.uniform
-            sampled = torch.cat([uniform, sample.act[2 * b :]])
+            drawn = sample.act[1:].reshape(n, 2, b, -1).transpose(0, 1).reshape(2 * n * b, -1)
+            # The dataset's actions, then the sampled ones: n uniform, n pi(s), n pi(s').
+            acts = torch.cat([batch.act, uniform, drawn])
             # log p of each sampled action: the uniform density 2^-act_dim, then pi's.
             log_p = torch.cat(
                 [
                     torch.full((n * b,), -self.act_dim * math.log(2.0), device=obs.device),
-                    sample.log_prob[2 * b :],
+                    sample.log_prob[1:].reshape(n, 2, b).transpose(0, 1).reshape(-1),
                 ]
             )
-        q_data = self.q(self.critic, obs, batch.act)
-        q_sampled = self.q(self.critic, obs.repeat(3 * n, 1), sampled)  # 2 x 3nB
+        q_all = self.q(self.critic, obs.repeat(1 + 3 * n, 1), acts)  # 2 x (1 + 3n)B, one pass
+        q_data, q_sampled = q_all[:, :b], q_all[:, b:]
         # 2 x B x 3n: row b holds the 3n actions sampled for state b.
         logits = (q_sampled - log_p).reshape(2, 3 * n, b).transpose(1, 2) / cfg.temperature
         logsumexp = cfg.temperature * torch.logsumexp(logits, dim=-1)

@@ -95,8 +95,10 @@ class GaussianActor(nn.Module):
         center: Tensor,
         scale: Tensor,
         generator: torch.Generator,
+        log_std_min: float = LOG_STD_MIN,
     ) -> None:
         super().__init__()
+        self.log_std_min = log_std_min  # lower clamp of log std (CQL's authors: -5)
         self.net = StackedMLP(1, obs_dim, hidden, 2 * act_dim, generator)
         self.register_buffer("center", center)
         self.register_buffer("scale", scale)
@@ -109,11 +111,12 @@ class GaussianActor(nn.Module):
 
         Args:
             obs: B x obs_dim.
-            eps: B x act_dim standard normal noise; zeros give the deterministic tanh(mean).
+            eps: B x act_dim standard normal noise (or ... x B x act_dim: draws that broadcast
+                over the leading axes); zeros give the deterministic tanh(mean).
         """
         out, inputs = self.net(obs.unsqueeze(0))
         mean, raw_log_std = out[0].chunk(2, dim=-1)
-        log_std = raw_log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        log_std = raw_log_std.clamp(self.log_std_min, LOG_STD_MAX)
         std = log_std.exp()
         u = torch.addcmul(mean, eps, std)
         tanh_u = torch.tanh(u)
