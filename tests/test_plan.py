@@ -62,10 +62,13 @@ def test_each_job_is_priced_from_its_settings(tmp_path):
     for rule, row in rows.items():
         if rule != "all":
             assert row.cpu_hours * 3600 == pytest.approx(row.jobs)
-    # One second per SAC update: every update of the tiny study's SAC-family entries (bc, morel
-    # and j-morel make none).
+    # One second per SAC update: every update of the tiny study's SAC-family entries and of the
+    # model-free references, priced in SAC updates (bc, morel and j-morel make none).
     modes = load_study(read_yaml(workdir / "study.yaml"), "tiny", root=workdir)["modes"]
-    sac_updates = sum(e["steps"] for e in modes.values() if METHODS[e["method"]].module == "sac")
+    in_sac_units = {"sac", "td3_bc", "iql", "cql"}
+    sac_updates = sum(
+        e["steps"] for e in modes.values() if METHODS[e["method"]].module in in_sac_units
+    )
     rows = {
         r.rule: r for r in plan(Path("study.yaml"), calibration(tmp_path, sac_update=1.0), workdir)
     }
