@@ -92,9 +92,7 @@ class CQL(OfflineAgent):
         seed: int,
     ) -> None:
         super().__init__(obs_dim, act_dim, action_low, action_high, cfg, device)
-        self._init_normalization()
-        self.generator = torch.Generator(self.device).manual_seed(seed)
-        init = torch.Generator().manual_seed(seed)
+        init = self._start(seed)
         center, scale = action_scale(
             self.action_low, self.action_high, act_dim, torch.device("cpu")
         )

@@ -74,10 +74,8 @@ class IQL(OfflineAgent):
         seed: int,
     ) -> None:
         super().__init__(obs_dim, act_dim, action_low, action_high, cfg, device)
-        self._init_normalization()
+        init = self._start(seed)
         self.reward_scale = torch.ones((), device=self.device)
-        self.generator = torch.Generator(self.device).manual_seed(seed)
-        init = torch.Generator().manual_seed(seed)
         self.center, self.scale = action_scale(self.action_low, self.action_high, act_dim, device)
         self.actor = StackedMLP(1, obs_dim, cfg.hidden_size, act_dim, init).to(self.device)
         self.log_std = nn.Parameter(torch.zeros(act_dim, device=self.device))

@@ -30,7 +30,7 @@ class OfflineAgent(Agent):
     """Base of the model-free offline learners.
 
     Subclasses build their networks, list them in `modules` (name -> module, saved and
-    restored) and `optimizers` (name -> optimiser), set `self.generator`, and implement
+    restored) and `optimizers` (name -> optimiser), start with `_start(seed)`, and implement
     `_policy(normalized_obs, deterministic)` and `update`. Attributes named in `tensors` are
     saved and restored as they are.
     """
@@ -40,10 +40,14 @@ class OfflineAgent(Agent):
     generator: torch.Generator
     tensors: tuple[str, ...] = ("obs_mean", "obs_std")
 
-    def _init_normalization(self) -> None:
+    def _start(self, seed: int) -> torch.Generator:
+        """Identity state normalisation, step 0 and the policy-noise generator; returns the CPU
+        generator the subclass draws its initial weights from (drawn before moving)."""
         self.obs_mean = torch.zeros(self.obs_dim, device=self.device)
         self.obs_std = torch.ones(self.obs_dim, device=self.device)
         self.step = 0
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        return torch.Generator().manual_seed(seed)
 
     def prepare(self, dataset: Dataset) -> None:
         """Fit what the agent derives from the dataset before training: the state statistics

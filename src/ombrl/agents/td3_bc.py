@@ -60,9 +60,7 @@ class TD3BC(OfflineAgent):
         seed: int,
     ) -> None:
         super().__init__(obs_dim, act_dim, action_low, action_high, cfg, device)
-        self._init_normalization()
-        self.generator = torch.Generator(self.device).manual_seed(seed)
-        init = torch.Generator().manual_seed(seed)
+        init = self._start(seed)
         self.center, self.scale = action_scale(self.action_low, self.action_high, act_dim, device)
         self.actor = StackedMLP(1, obs_dim, cfg.hidden_size, act_dim, init).to(self.device)
         self.critic = StackedMLP(2, obs_dim + act_dim, cfg.hidden_size, 1, init).to(self.device)
