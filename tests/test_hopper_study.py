@@ -1,8 +1,11 @@
-"""config/hopper.yaml's DAG, run for real at tiny sizes: the same ensembles, modes and rules
-(behaviour run, generated data, ensembles, policies, scores, figures) on its first dataset,
-one seed, with every size shrunk so the whole study takes about a minute."""
+"""The locomotion studies' DAGs (config/hopper.yaml, config/halfcheetah.yaml), each run for
+real at tiny sizes: the same ensembles, modes and rules (behaviour run, generated data,
+ensembles, policies, scores, figures) on the dataset with the most entries, one seed, with
+every size shrunk so each study takes about a minute."""
 
+import copy
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -10,9 +13,13 @@ import pytest
 import yaml
 from study_runner import ROOT, copy_workflow, scheduled, snakemake
 
-from ombrl.config import read_yaml
+from ombrl.config import load_study, mode_params, read_yaml
+from ombrl.data.requests import behaviour_name
 
 pytestmark = pytest.mark.slow
+
+#: The studies, by their file in config/.
+STUDIES = ["hopper", "halfcheetah"]
 
 #: Size keys wherever they appear in the study, and their tiny values.
 TINY = {
@@ -29,7 +36,7 @@ TINY = {
     "rollout_batch": 100,
     "rollout_every": 30,
     "iterations": 2,
-    "paths": 4,
+    "update_paths": 2,
     "horizon": 10,
     "eval_every": 1,
     "every": 30,
@@ -44,33 +51,61 @@ def shrink(node):
     return node
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[Path, dict, dict[str, int]]:
-    study = shrink(read_yaml(ROOT / "config" / "hopper.yaml"))
-    first = next(iter(study["datasets"]))
+def jobs_per_dataset(study: dict) -> Counter:
+    """The jobs whose number follows the study's datasets, seeds and entries, from the file
+    alone: a policy per seed and entry of each dataset (an entry's `datasets` restricts it),
+    an ensemble per seed and ensemble those entries use, one dataset and one loss figure per
+    dataset, one behaviour run per task and behaviour seed."""
+    resolved = load_study(copy.deepcopy(study), "study", ROOT)  # fills in defaults in place
+    seeds, datasets = len(resolved["seeds"]), resolved["datasets"]
+    jobs: Counter = Counter()
+    for dataset in datasets:
+        entries = [m for m, e in resolved["modes"].items() if dataset in e["datasets"]]
+        used = {mode_params(resolved, dataset, m).get("ensemble") for m in entries} - {None}
+        jobs["train_policy"] += seeds * len(entries)
+        jobs["train_ensemble"] += seeds * len(used)
+        jobs["figure_ensemble_loss"] += int(bool(used))
+    jobs["generate_dataset"] = len(datasets)
+    jobs["behaviour"] = len({behaviour_name(spec) for spec in datasets.values()})
+    return jobs
+
+
+@pytest.fixture(scope="module", params=STUDIES)
+def tiny(request, tmp_path_factory) -> tuple[Path, str, dict, dict[str, int]]:
+    name = request.param
+    study = shrink(read_yaml(ROOT / "config" / f"{name}.yaml"))
+    resolved = load_study(read_yaml(ROOT / "config" / f"{name}.yaml"), name, ROOT)
+    # The dataset with the most entries (entries can be restricted to some datasets).
+    first = max(
+        resolved["datasets"],
+        key=lambda d: sum(d in e["datasets"] for e in resolved["modes"].values()),
+    )
     study["datasets"] = {first: study["datasets"][first]}
     study["overrides"] = {d: v for d, v in study.get("overrides", {}).items() if d == first}
     spec = study["datasets"][first]
-    spec["medium_return"] = 1.0  # any trained snapshot is the tiny run's medium
+    # Any trained snapshot is the tiny run's medium (HalfCheetah's returns can be negative).
+    spec["medium_return"] = -1.0e6
     spec["behaviour"] |= {k: TINY[k] for k in ("warmup", "batch_size", "hidden_size")}
-    workdir = copy_workflow(tmp_path_factory.mktemp("hopper"))
+    workdir = copy_workflow(tmp_path_factory.mktemp(name))
     (workdir / "study.yaml").write_text(yaml.safe_dump(study))
     result = snakemake(workdir, "--cores", "2", "--configfile", "study.yaml")
     assert result.returncode == 0, result.stderr[-4000:]
     # The jobs it ran: the 'Job stats' table a run logs before it starts.
     ran = scheduled(subprocess.CompletedProcess(result.args, 0, result.stderr))
-    return workdir, study, ran
+    return workdir, name, study, ran
 
 
-def test_the_tiny_hopper_study_scores_every_entry_from_one_behaviour_run(tiny):
-    workdir, study, _ = tiny
+def test_the_tiny_study_scores_every_entry_from_one_behaviour_run(tiny):
+    workdir, _, study, _ = tiny
     scores = pd.read_csv(workdir / "results" / "scores.csv")
     expected = {
         (d, m, s) for d in study["datasets"] for m in study["modes"] for s in study["seeds"]
     }
     assert set(zip(scores["dataset"], scores["mode"], scores["seed"], strict=True)) == expected
     assert scores["normalized_score"].notna().all()
-    assert [p.name for p in (workdir / "resources" / "behaviour").iterdir()] == ["Hopper-v5-seed0"]
+    (spec,) = study["datasets"].values()
+    runs = [p.name for p in (workdir / "resources" / "behaviour").iterdir()]
+    assert runs == [behaviour_name({"seed": 0, **spec})]
     for figure in ("avg_return", "final_scores", "performance_profile"):
         assert (workdir / "results" / "figures" / f"{figure}.pdf").stat().st_size > 0
     rerun = snakemake(workdir, "--dry-run", "--configfile", "study.yaml")
@@ -78,15 +113,15 @@ def test_the_tiny_hopper_study_scores_every_entry_from_one_behaviour_run(tiny):
 
 
 def test_the_real_study_plans_the_same_rules(tiny):
-    workdir, _, ran = tiny
-    (workdir / "hopper.yaml").write_text((ROOT / "config" / "hopper.yaml").read_text())
-    plan = snakemake(workdir, "-n", "--quiet", "rules", "--forceall", "--configfile", "hopper.yaml")
+    workdir, name, study, ran = tiny
+    (workdir / "real.yaml").write_text((ROOT / "config" / f"{name}.yaml").read_text())
+    plan = snakemake(workdir, "-n", "--quiet", "rules", "--forceall", "--configfile", "real.yaml")
     assert plan.returncode == 0, plan.stderr[-2000:]
     planned = scheduled(plan)
-    real = read_yaml(workdir / "hopper.yaml")
-    seeds, datasets = len(real["seeds"]), len(real["datasets"])
-    scale = {"train_policy": seeds * datasets, "train_ensemble": seeds * datasets}
-    scale |= {"generate_dataset": datasets, "figure_ensemble_loss": datasets}
-    assert ran.keys() == planned.keys() >= scale.keys()
+    real, small = jobs_per_dataset(read_yaml(workdir / "real.yaml")), jobs_per_dataset(study)
+    assert ran.keys() == planned.keys() >= real.keys()
     for rule, count in ran.items():
-        assert planned[rule] == count * scale.get(rule, 1), rule
+        if rule in real:
+            assert (count, planned[rule]) == (small[rule], real[rule]), rule
+        else:
+            assert planned[rule] == count, rule
