@@ -92,8 +92,6 @@ def test_same_seed_same_numbers_and_a_new_seed_differs(dataset, tmp_path):
             "--params",
             "steps=60",
             "hidden_size=32,32",
-            "rollout_batch=100",
-            "rollout_every=30",
             "--eval-every",
             "30",
             "--eval-episodes",

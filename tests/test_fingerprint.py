@@ -67,7 +67,7 @@ def test_every_module_a_real_job_imports_is_in_its_stage_fingerprint(tmp_path):
     assert_covered(imported_by(tmp_path, *ensemble), "ensemble")
     settings = {
         "bc": ["steps=2", "hidden_size=8"],
-        "aleatoric-partitioning": ["steps=2", "hidden_size=8", "rollout_batch=10"],
+        "aleatoric-partitioning": ["steps=2", "hidden_size=8"],
         "j-morel": ["iterations=1", "update_paths=1", "horizon=5", "hidden_size=8", "bc_steps=2"],
         "pets": [],
     }

@@ -94,7 +94,10 @@ def settings(mode: str, **params) -> dict:
 
 
 def mopo_config(steps: int, mode: str = "mopo", **extra) -> dict:
-    """A small config of a model-based mode (schema defaults for every other key)."""
+    """A small config of a model-based mode: small rounds for a mode that rolls out in rounds
+    (a thesis mode's persistent rollouts refuse them), schema defaults for every other key."""
+    scheme = settings(mode, ensemble="tiny")["rollout_scheme"]
+    rounds = {"rollout_batch": 200, "rollout_every": 100, "model_retain_epochs": 2}
     params = {
         "ensemble": "tiny",
         "steps": steps,
@@ -102,9 +105,7 @@ def mopo_config(steps: int, mode: str = "mopo", **extra) -> dict:
         "lr": 1e-3,
         "batch_size": 64,
         "rollout_length": 3,
-        "rollout_batch": 200,
-        "rollout_every": 100,
-        "model_retain_epochs": 2,
+        **(rounds if scheme == "rounds" else {}),
         "real_ratio": 0.25,
         **extra,
     }

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from ombrl.agents.buffer import Batch, ReplayBuffer
 from ombrl.agents.sac import SAC, SACConfig
@@ -236,6 +237,69 @@ def test_the_old_scale_name_fails_naming_its_replacement() -> None:
     assert str(err.value) == (
         "s.yaml: scale: 'normalized' was renamed; use target_std "
         "(offline-model-based-rl's units are obs_std)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "settings", "key", "scheme", "other"),
+    [
+        ("aleatoric-penalty", {"rollout_batch": 200}, "rollout_batch", "persistent", "rounds"),
+        ("mbpo", {"persistent_rollouts": 10}, "persistent_rollouts", "rounds", "persistent"),
+        (
+            "epistemic-penalty",
+            {"rollout_scheme": "rounds", "model_buffer_size": 100},
+            "model_buffer_size",
+            "rounds",
+            "persistent",
+        ),
+    ],
+)
+def test_a_key_the_rollout_scheme_never_reads_fails_naming_entry_key_and_scheme(
+    mode: str, settings: dict, key: str, scheme: str, other: str
+) -> None:
+    with pytest.raises(OmbrlError) as err:
+        resolve_mode(mode, {"ensemble": "e", **settings}, "s.yaml", f"modes.{mode}")
+    assert str(err.value) == (
+        f"s.yaml: modes.{mode}.{key}: only rollout_scheme: {other} reads it, and this entry's "
+        f"rollout_scheme is {scheme} (remove {key} or set rollout_scheme: {other})"
+    )
+
+
+def test_keys_of_the_entrys_own_scheme_and_schema_defaults_pass(tmp_path, capsys) -> None:
+    """Each scheme's own keys are accepted, and the defaults the schema fills in for the other
+    scheme's keys are not the user's: they neither fail nor reach a job's command line."""
+    from ombrl.cli import main
+    from ombrl.config import unused_scheme_keys
+
+    thesis = {"ensemble": "e", "persistent_rollouts": 10, "model_buffer_size": 100}
+    rounds = {"ensemble": "e", "rollout_batch": 200, "rollout_every": 10}
+    cfg = resolve_mode("aleatoric-penalty", thesis, "s.yaml")
+    assert (cfg["persistent_rollouts"], cfg["rollout_batch"]) == (10, 5000)
+    assert unused_scheme_keys(cfg) == ["rollout_batch", "rollout_every", "model_retain_epochs"]
+    resolve_mode("aleatoric-penalty", {**rounds, "rollout_scheme": "rounds"}, "s.yaml")
+    assert unused_scheme_keys(resolve_mode("mbpo", rounds, "s.yaml")) == [
+        "persistent_rollouts",
+        "model_buffer_size",
+    ]
+    assert unused_scheme_keys(resolve_mode("bc", {}, "s.yaml")) == []
+    # A whole study, and the same study with a thesis entry given a rounds-only key (exit 2).
+    study = {
+        "seeds": [0],
+        "datasets": {"hopper-medium-v2": {"source": "d4rl"}},
+        "ensembles": {"e": {"config": "thesis"}},
+        "modes": {"mbpo": rounds, "aleatoric-penalty": thesis},
+    }
+    root = Path(__file__).resolve().parents[1]
+    load_study(study, "study.yaml", root)
+    study["modes"]["aleatoric-penalty"] = {**thesis, "rollout_every": 10}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    capsys.readouterr()
+    assert main(["check-config", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"ombrl: error: {path}: modes.aleatoric-penalty.rollout_every: only rollout_scheme: "
+        "rounds reads it, and this entry's rollout_scheme is persistent (remove rollout_every "
+        "or set rollout_scheme: rounds)\n"
     )
 
 

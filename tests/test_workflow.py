@@ -322,6 +322,10 @@ def test_the_d4rl_study_plans_every_job_with_its_tuned_values(tmp_path):
     hopper = [c for c in commands if "hopper-medium-v2.hdf5" in c]
     assert len(hopper) == seeds
     assert all("rollout_length=15" in c and "penalty_lambda=300" in c for c in hopper)
+    # A job gets only its rollout scheme's keys: the CLI refuses the other scheme's.
+    assert not any("rollout_batch" in c or "persistent_rollouts=50" not in c for c in hopper)
+    mbpo = [c for c in result.stdout.splitlines() if "--mode mbpo" in c]
+    assert mbpo and all("rollout_batch=50000" in c and "persistent" not in c for c in mbpo)
     cheetah = [c for c in commands if "halfcheetah-medium-expert-v2.hdf5" in c]
     assert all("rollout_length=2" in c and "penalty_lambda=8.1968" in c for c in cheetah)
     halt = [

@@ -594,13 +594,47 @@ def resolve_mode(name: str, entry: Mapping, source: str, at: str = "") -> dict:
             f"{where}{'.method' if at else ''}: {method!r} is not one of {', '.join(METHODS)}{hint}"
         )
     _check_renamed(method_spec(method).section, params, where, at)
+    written = set(params)
     checked = validate(params, source, SCHEMA["$defs"][method_spec(method).section], at)
+    _check_scheme_keys(written, checked, where, at)
     for key in ("hidden_size", "value_hidden_size"):
         if key in checked:
             check_model_memory(checked[key], 1, f"{where}.{key}" if at else f"{where}: {key}")
     extra = {"datasets": datasets} if datasets else {}
     extra |= {"from": start} if start is not None else {}
     return {"method": method, **extra, **checked}
+
+
+#: The model-rollout keys only one `rollout_scheme` reads (the schema's "rounds:" and
+#: "persistent:" descriptions).
+SCHEME_KEYS = {
+    "rounds": ("rollout_batch", "rollout_every", "model_retain_epochs"),
+    "persistent": ("persistent_rollouts", "model_buffer_size"),
+}
+
+
+def unused_scheme_keys(params: Mapping) -> list[str]:
+    """The keys of resolved settings that their `rollout_scheme` never reads (none for a
+    method without model rollouts): the workflow leaves them out of a job's `--params`."""
+    scheme = params.get("rollout_scheme")
+    if scheme is None:
+        return []
+    return [key for other, keys in SCHEME_KEYS.items() if other != scheme for key in keys]
+
+
+def _check_scheme_keys(written: set[str], checked: Mapping, where: str, at: str) -> None:
+    """Fail on a key the user wrote that the entry's rollout scheme never reads: under
+    `persistent` (the thesis modes' default) `rollout_batch` would otherwise be silently
+    unused, and `persistent_rollouts` under `rounds`. Schema defaults are not written."""
+    prefix = f"{where}." if at else f"{where}: "
+    scheme = checked.get("rollout_scheme")
+    for key in unused_scheme_keys(checked):
+        if key in written:
+            other = next(s for s, keys in SCHEME_KEYS.items() if key in keys)
+            raise OmbrlError(
+                f"{prefix}{key}: only rollout_scheme: {other} reads it, and this entry's "
+                f"rollout_scheme is {scheme} (remove {key} or set rollout_scheme: {other})"
+            )
 
 
 #: Keys (`key: replacement`) and values (`(key, value): replacement`) of a method's section

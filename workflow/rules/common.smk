@@ -6,7 +6,7 @@ import re
 import shlex
 import sys
 
-from ombrl.config import load_study, mode_params, read_yaml
+from ombrl.config import load_study, mode_params, read_yaml, unused_scheme_keys
 from ombrl.data.requests import behaviour_name
 from ombrl.errors import OmbrlError
 from ombrl.fingerprint import stage_fingerprint
@@ -160,6 +160,8 @@ def policy_flags(w):
     params = mode_params(STUDY, w.dataset, w.mode)
     params.pop("ensemble", None)
     params.pop("datasets")
+    for key in unused_scheme_keys(params):  # the CLI refuses a key its scheme never reads
+        del params[key]
     origin = params.pop("from", None)
     flags = f"--mode {params.pop('method')} --name {w.mode}"
     if origin is not None:
