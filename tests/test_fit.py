@@ -438,7 +438,7 @@ def test_clip_grad_norm_per_member_leaves_small_gradients_alone():
         ({"weight_decay": [1e-4, 1e-4]}, "weight_decay"),
         ({"num_elites": 4}, "num_elites"),
         ({"holdout_ratio": 1.0}, "holdout_ratio"),
-        ({"normalization": "minmax"}, "normalization"),
+        ({"normalization": "minmax"}, r"^normalization: 'minmax' is not one of \['std', 'mad'"),
         ({"snapshot": "nll"}, "snapshot: 'nll' needs a probabilistic ensemble"),
         ({"batch_order": "random"}, "batch_order"),
         # Without a holdout nothing can pick an epoch, stop early or rank members.
@@ -622,3 +622,33 @@ def test_zero_holdout_trains_on_every_row_and_logs_no_holdout():
     assert rows[6:7] == [n] and len(rows) == 14  # 6 steps, one pass over all rows, per epoch
     assert result.history[-1]["full_mse_ensemble"] > 0
     assert all(not key.startswith("holdout") for row in result.history for key in row)
+
+
+def test_std_inputs_scales_the_inputs_as_upstream_pets_and_leaves_the_targets_raw():
+    """`normalization: std_inputs` is handful-of-trials' `TensorStandardScaler` (BNN.py:248,
+    406; TensorStandardScaler.py:43-45): inputs `(x - mean) / std` over the training rows, a
+    std below 1e-12 counted as 1; the targets are not scaled. Written here from upstream's
+    definition on a constant column (std 0: 1) and a column of std 1e-9 (kept; `std` would
+    raise it to 1e-6)."""
+    n = 120
+    obs, act, next_obs, _ = linear_system(12, n)
+    obs[:, 1] = 0.7
+    obs[:, 2] = 1e-9 * (-1.0) ** np.arange(n)
+    model = make_model(members=2)
+    cfg = dataclasses.replace(
+        BASE_CFG, fit_epochs=1, holdout_ratio=0.0, snapshot="last", num_elites=2,
+        normalization="std_inputs",
+    )  # fmt: skip
+    fit_ensemble(model, make_dataset(obs, act, next_obs), cfg, 0, CPU, progress=False)
+    inputs = np.concatenate([obs, act], axis=1).astype(np.float32).astype(np.float64)
+    mu, sigma = inputs.mean(axis=0), inputs.std(axis=0)
+    sigma[sigma < 1e-12] = 1.0
+    np.testing.assert_allclose(model.input_mean.numpy(), mu, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(model.input_std.numpy(), sigma, rtol=1e-6)
+    assert model.input_std[1] == 1.0 and abs(model.input_std[2].item() - 1e-9) < 1e-15
+    assert (model.target_mean == 0).all() and (model.target_std == 1).all()
+    # The network's output is the raw change of state.
+    x, a = torch.tensor(obs[:5], dtype=torch.float32), torch.tensor(act[:5], dtype=torch.float32)
+    with torch.no_grad():
+        raw, _ = model(model.normalize_inputs(x, a).expand(2, -1, -1))
+        torch.testing.assert_close(model.predict(x, a).next_obs_mean, x + raw)

@@ -6,6 +6,7 @@ import csv
 import math
 from pathlib import Path
 
+import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
@@ -13,20 +14,25 @@ import torch
 
 from ombrl.cli import main
 from ombrl.errors import OmbrlError
-from ombrl.models.ensemble import DynamicsEnsemble
+from ombrl.models.ensemble import DynamicsEnsemble, load_ensemble, save_ensemble
+from ombrl.models.fit import fit_ensemble
 from ombrl.planning import (
     NON_FINITE_COST,
     CEMOptimizer,
     MPCAgent,
     Propagator,
     RandomOptimizer,
+    episodes_dataset,
+    fit_config,
     load_pets_config,
+    make_ensemble,
     planning_model,
+    run_episode,
     train_pets,
     trajectory_costs,
 )
 from ombrl.planning.propagation import PlanningNet
-from ombrl.tasks import Task
+from ombrl.tasks import Task, get_task
 
 SMALL = Path(__file__).parents[1] / "config" / "pets" / "small.yaml"
 
@@ -146,10 +152,12 @@ def propagate(prop: Propagator, start: torch.Tensor, steps: int) -> list[torch.T
     return out
 
 
-def test_planning_net_matches_predict() -> None:
+@pytest.mark.parametrize("angle_dims", [(), (1, 3)])
+def test_planning_net_matches_predict(angle_dims: tuple[int, ...]) -> None:
     torch.manual_seed(0)
-    model = DynamicsEnsemble(5, 2, [16, 16], 3, True, "swish", True)
-    model.set_normalizers(torch.randn(7), torch.rand(7) + 0.5, torch.randn(6), torch.rand(6) + 0.5)
+    model = DynamicsEnsemble(5, 2, [16, 16], 3, True, "swish", True, angle_dims=angle_dims)
+    k = 7 + len(angle_dims)
+    model.set_normalizers(torch.randn(k), torch.rand(k) + 0.5, torch.randn(6), torch.rand(6) + 0.5)
     obs, act = torch.randn(3, 10, 5), torch.randn(3, 10, 2)
     with torch.no_grad():
         pred = model.predict(obs, act)
@@ -356,6 +364,9 @@ def test_costs_in_the_members_layout_equal_a_per_step_reference(prop_type: str) 
         (["-ca", "model-type", "P", "-ca", "prop-type", "TSinf"], "needs model_type DE or PE"),
         (["-o", "particles", "5"], "particles: 5 must be a multiple of num_models (2)"),
         (["-o", "weight_decay", "[0.1]"], "weight_decay"),
+        (["-o", "obs_preproc", "sincos"], "obs_preproc: 'sincos' is not one of task, none"),
+        (["-o", "normalization", "minmax"], "normalization: 'minmax' is not one of std, mad"),
+        (["-o", "holdout_ratio", "1"], "holdout_ratio: 1.0 must be a number in [0, 1)"),
     ],
 )
 def test_bad_settings_are_one_line_errors_before_planning(
@@ -376,6 +387,100 @@ def test_unknown_preset_key_and_missing_preset(tmp_path: Path, capsys) -> None:
         load_pets_config(bad)
     code = main(["pets", "--env", "Hopper-v5", "--preset", "nope", "--output", str(tmp_path)])
     assert code == 2 and "preset 'nope'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# the model PETS trains: inputs, targets, refit
+
+
+def test_model_inputs_are_upstreams_obs_preproc_on_hand_made_states() -> None:
+    """`obs_preproc: task` feeds upstream's per-task inputs (config/cartpole.py:43-47,
+    halfcheetah.py:43-47; pusher and reacher have none), each formula written here as upstream
+    wrote it; `none` the raw observation."""
+    act = torch.tensor([[0.5], [-2.0]])
+    # InvertedPendulum-v5 / MBRLCartpole: (cart x, pole angle, cart velocity, angular velocity).
+    s = torch.tensor([[0.3, 2.9, -1.2, 4.0], [-0.1, -3.1, 0.5, -0.2]])
+    upstream = torch.cat([s[:, 1:2].sin(), s[:, 1:2].cos(), s[:, :1], s[:, 2:]], dim=1)
+    cfg = load_pets_config(SMALL)
+    ours = make_ensemble(cfg, get_task("InvertedPendulum-v5")).model_inputs(s, act)
+    # The same columns; the sine and cosine sit in the angle's place (an MLP with i.i.d.
+    # initial weights does not tell permuted inputs apart).
+    torch.testing.assert_close(ours[:, [1, 2, 0, 3, 4]], upstream)
+    torch.testing.assert_close(ours[:, 5:], act)
+    turned = s + torch.tensor([0.0, 2 * math.pi, 0.0, 0.0])
+    torch.testing.assert_close(make_ensemble(cfg, get_task("InvertedPendulum-v5")).model_inputs(
+        turned, act), ours, atol=1e-5, rtol=0)  # fmt: skip
+    raw = load_pets_config(SMALL, [], [("obs_preproc", "none")])
+    torch.testing.assert_close(
+        make_ensemble(raw, get_task("InvertedPendulum-v5")).model_inputs(s, act),
+        torch.cat([s, act], dim=1),
+    )
+    # HalfCheetah-v5 is upstream's MBRLHalfCheetah observation without its obs[0] (a
+    # finite-difference velocity), which upstream's obs_preproc drops anyway.
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(2, 17, generator=g) * 3
+    a = torch.rand(2, 6, generator=g) * 2 - 1
+    u = torch.cat([torch.tensor([[7.0], [-1.0]]), s], dim=1)
+    upstream = torch.cat([u[:, 1:2], u[:, 2:3].sin(), u[:, 2:3].cos(), u[:, 3:]], dim=1)
+    ours = make_ensemble(cfg, get_task("HalfCheetah-v5")).model_inputs(s, a)
+    torch.testing.assert_close(ours, torch.cat([upstream, a], dim=1))
+    for env_id, obs_dim, act_dim in (("Reacher-v5", 10, 2), ("Pusher-v5", 23, 7)):
+        s, a = torch.randn(2, obs_dim, generator=g), torch.randn(2, act_dim, generator=g)
+        ours = make_ensemble(cfg, get_task(env_id)).model_inputs(s, a)
+        torch.testing.assert_close(ours, torch.cat([s, a], dim=1))
+
+
+def test_an_ensemble_keeps_its_angle_dims_in_its_files(tmp_path: Path) -> None:
+    """A PETS ensemble's file records its angles and loads with them; any other ensemble's
+    architecture has no such key (files written before it existed load as before)."""
+    cfg = load_pets_config(SMALL)
+    model = make_ensemble(cfg, get_task("InvertedPendulum-v5"))
+    save_ensemble(model, tmp_path / "a", {})
+    loaded, _ = load_ensemble(tmp_path / "a")
+    assert loaded.angle_dims == (1,) and loaded.in_dim == 6
+    s, a = torch.randn(3, 4), torch.randn(3, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.predict(s, a).next_obs_mean, model.predict(s, a).next_obs_mean
+        )
+    raw = make_ensemble(
+        load_pets_config(SMALL, [], [("obs_preproc", "none")]), get_task("InvertedPendulum-v5")
+    )
+    assert "angle_dims" not in raw.architecture and raw.in_dim == 5
+
+
+@pytest.mark.parametrize("preset", ["InvertedPendulum-v5", "HalfCheetah-v5", "Pusher-v5",
+                                    "Reacher-v5", "small"])  # fmt: skip
+def test_presets_refit_as_upstream(preset: str) -> None:
+    """Every preset refits as upstream's `BNN.train` (BNN.py:240-262, holdout_ratio 0):
+    on every transition, each member's last epoch kept, inputs standardised over all of
+    them (`TensorStandardScaler.fit`, std < 1e-12 counted as 1), targets `s' - s` raw."""
+    cfg = load_pets_config(SMALL.parent / f"{preset}.yaml")
+    assert (cfg.obs_preproc, cfg.normalization, cfg.holdout_ratio) == ("task", "std_inputs", 0)
+    if preset != "small":
+        return
+    env_id = "InvertedPendulum-v5"
+    rng = np.random.default_rng(0)
+    env = gym.make(env_id)
+    episodes = [run_episode(env, lambda _: rng.uniform(-3, 3, 1), seed, None) for seed in range(3)]
+    env.close()
+    data = episodes_dataset(episodes, env_id)
+    cfg = load_pets_config(SMALL, [], [("fit_epochs", "3")])
+    torch.manual_seed(0)
+    model = make_ensemble(cfg, get_task(env_id))
+    result = fit_ensemble(model, data, fit_config(cfg), 0, torch.device("cpu"), progress=False)
+    assert len(result.holdout_indices) == 0 and result.best_epoch == [3, 3]
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    s = data.observations.astype(np.float64)
+    x = np.concatenate([np.sin(s[:, 1:2]), np.cos(s[:, 1:2]), s[:, :1], s[:, 2:], data.actions],
+                       axis=1)  # fmt: skip
+    sigma = x.std(axis=0)
+    sigma[sigma < 1e-12] = 1.0
+    order = [1, 2, 0, 3, 4, 5]  # ours -> upstream's column order
+    np.testing.assert_allclose(model.input_mean.numpy()[order], x.mean(axis=0), rtol=1e-5,
+                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(model.input_std.numpy()[order], sigma, rtol=1e-5)
+    assert (model.target_mean == 0).all() and (model.target_std == 1).all()
 
 
 # ---------------------------------------------------------------------------------------------

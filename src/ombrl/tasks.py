@@ -48,6 +48,10 @@ class Task:
         terminal: `(obs, act, next_obs) -> B` bool, true when the episode ends (no bootstrap).
         planning_reward: what a planner maximises instead of `reward`, where the reward gives it
             too little to rank candidates by (None: the reward itself); see `plan_reward`.
+        angle_dims: observation columns that are angles of a free joint, which upstream PETS
+            gives its model as sine and cosine (`obs_preproc`: the pole's angle of its
+            cartpole, the root's pitch of its half-cheetah); `ombrl.models.ensemble.
+            angle_features`.
     """
 
     name: str
@@ -59,6 +63,7 @@ class Task:
     reward: RewardFn
     terminal: TerminalFn
     planning_reward: RewardFn | None = None
+    angle_dims: tuple[int, ...] = ()
 
     def plan_reward(self, obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
         """The reward a planner (PETS) maximises: `planning_reward` if the task has one, else
@@ -164,6 +169,7 @@ class _Family:
     make_reward: Callable[[bool], RewardFn]  # argument: paid on the terminating step (-v4)
     terminal: TerminalFn
     planning_reward: RewardFn | None = None  # Task.planning_reward
+    angle_dims: tuple[int, ...] = ()  # Task.angle_dims
     versions: tuple[str, ...] = ("4", "5")  # gymnasium versions whose reward this is
 
 
@@ -176,6 +182,7 @@ _FAMILIES = {
         lambda v4: partial(_pendulum_reward, paid_on_terminal=v4),
         _pendulum_terminal,
         planning_reward=_pendulum_planning_reward,
+        angle_dims=(1,),  # obs = (cart x, pole angle, their velocities): cartpole.py:43-47
     ),
     "Hopper": _Family(
         "hopper",
@@ -218,6 +225,9 @@ _FAMILIES = {
             bonus_on_terminal=False,
         ),
         _never_terminal,
+        # obs = (rootz, root pitch, joints, velocities): upstream's observation from its obs[1]
+        # on (halfcheetah.py:43-47 feeds obs[1], sin and cos of obs[2], obs[3:]).
+        angle_dims=(1,),
     ),
     "Reacher": _Family(
         "reacher", 10, 2, 1.0, lambda v4: _reacher_reward, _never_terminal, versions=("5",)
@@ -334,4 +344,5 @@ def get_task(env_id: str) -> Task:
         reward=family.make_reward(v4),
         terminal=family.terminal,
         planning_reward=family.planning_reward,
+        angle_dims=family.angle_dims,
     )

@@ -8,6 +8,8 @@ parameters, so a member's output and gradient depend only on its own slice.
 The network works in normalised space: inputs (s, a) are standardised, targets are the
 standardised delta `s' - s` (plus the reward when `predict_reward`). `predict` converts back
 to raw units, including the `+ 2 log(scale)` a log-variance needs (upstream forgot it).
+An ensemble with `angle_dims` (PETS's per-task `obs_preproc`) sees each of those observation
+columns as its sine and cosine instead (`model_inputs`); its targets stay `s' - s`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ ARCHITECTURE_KEYS = (
     "activation",
     "predict_reward",
 )
+# Written into a model file's architecture only when set (PETS), so every other ensemble's
+# file is what it was before the key existed; absent means none.
+OPTIONAL_ARCHITECTURE_KEYS = ("angle_dims",)
 # Weight of the soft-bound regulariser `0.01 * (sum max - sum min)` (PETS).
 LOGVAR_BOUND_COEF = 0.01
 # Initial-weight schemes of `EnsembleLinear` (the ensemble config's `init`).
@@ -119,6 +124,21 @@ class Prediction:
     reward_var: Tensor | None
 
 
+def angle_features(obs: Tensor, angle_dims: tuple[int, ...]) -> Tensor:
+    """`obs` (`... x obs`) with each column in `angle_dims` replaced, in its place, by its sine
+    and cosine (`... x (obs + len(angle_dims))`): upstream handful-of-trials' `obs_preproc`
+    (config/cartpole.py, halfcheetah.py), so the model never sees an angle's wrap-around."""
+    if not angle_dims:
+        return obs
+    parts, start = [], 0
+    for i in angle_dims:
+        angle = obs[..., i : i + 1]
+        parts += [obs[..., start:i], torch.sin(angle), torch.cos(angle)]
+        start = i + 1
+    parts.append(obs[..., start:])
+    return torch.cat(parts, dim=-1)
+
+
 class DynamicsEnsemble(nn.Module):
     """An ensemble of MLPs predicting the normalised delta `s' - s` (and the reward).
 
@@ -135,6 +155,8 @@ class DynamicsEnsemble(nn.Module):
         activation: "swish" or "relu".
         predict_reward: add the reward as the last target dimension.
         init: initial weights, "pets" or "torch" (the ensemble config's `init`).
+        angle_dims: observation columns the network sees as sine and cosine
+            (`angle_features`), increasing; empty: the raw observation.
     """
 
     def __init__(
@@ -147,8 +169,17 @@ class DynamicsEnsemble(nn.Module):
         activation: str,
         predict_reward: bool,
         init: str = "pets",
+        angle_dims: tuple[int, ...] | list[int] = (),
     ) -> None:
         super().__init__()
+        angle_dims = tuple(angle_dims)
+        if list(angle_dims) != sorted(set(angle_dims)) or not all(
+            0 <= i < obs_dim for i in angle_dims
+        ):
+            raise OmbrlError(
+                f"angle_dims: {list(angle_dims)} must be increasing columns of the {obs_dim} "
+                "observation dimensions"
+            )
         if activation not in ACTIVATIONS:
             raise OmbrlError(f"activation: {activation!r} is not one of {sorted(ACTIVATIONS)}")
         if num_models < 1:
@@ -165,7 +196,8 @@ class DynamicsEnsemble(nn.Module):
         self.probabilistic = probabilistic
         self.activation = activation
         self.predict_reward = predict_reward
-        self.in_dim = obs_dim + act_dim
+        self.angle_dims = angle_dims
+        self.in_dim = obs_dim + len(angle_dims) + act_dim
         self.out_dim = obs_dim + int(predict_reward)
         self.elites: list[int] = list(range(num_models))
 
@@ -189,8 +221,11 @@ class DynamicsEnsemble(nn.Module):
 
     @property
     def architecture(self) -> dict:
-        """The constructor arguments, as stored in model files."""
-        return {key: getattr(self, key) for key in ARCHITECTURE_KEYS}
+        """The constructor arguments, as stored in model files (`angle_dims` only when set)."""
+        arch = {key: getattr(self, key) for key in ARCHITECTURE_KEYS}
+        if self.angle_dims:
+            arch["angle_dims"] = list(self.angle_dims)
+        return arch
 
     @property
     def num_layers(self) -> int:
@@ -210,9 +245,13 @@ class DynamicsEnsemble(nn.Module):
             buffer = getattr(self, name)
             buffer.copy_(value.to(buffer.device, buffer.dtype).reshape(buffer.shape))
 
+    def model_inputs(self, obs: Tensor, act: Tensor) -> Tensor:
+        """The network's raw inputs: `[angle_features(s), a]` (`... x in`)."""
+        return torch.cat([angle_features(obs, self.angle_dims), act], dim=-1)
+
     def normalize_inputs(self, obs: Tensor, act: Tensor) -> Tensor:
-        """Standardise (s, a): `... x obs`, `... x act` -> `... x in`."""
-        return (torch.cat([obs, act], dim=-1) - self.input_mean) / self.input_std
+        """Standardise the inputs of (s, a): `... x obs`, `... x act` -> `... x in`."""
+        return (self.model_inputs(obs, act) - self.input_mean) / self.input_std
 
     def forward(
         self, x_norm: Tensor, members: Tensor | None = None
@@ -358,11 +397,16 @@ def load_ensemble(
     tensors, meta = load_model(directory)
     json_path = directory / "model.json"
     arch = meta.get("architecture")
-    if not isinstance(arch, dict) or set(arch) != set(ARCHITECTURE_KEYS):
-        raise OmbrlError(f"{json_path}: 'architecture' must have keys {list(ARCHITECTURE_KEYS)}")
+    if not isinstance(arch, dict) or not (
+        set(ARCHITECTURE_KEYS) <= set(arch) <= {*ARCHITECTURE_KEYS, *OPTIONAL_ARCHITECTURE_KEYS}
+    ):
+        raise OmbrlError(
+            f"{json_path}: 'architecture' must have keys {list(ARCHITECTURE_KEYS)} "
+            f"(optionally {list(OPTIONAL_ARCHITECTURE_KEYS)})"
+        )
     try:
         model = DynamicsEnsemble(**arch)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OmbrlError) as err:
         raise OmbrlError(f"{json_path}: invalid architecture {arch}: {err}") from err
     try:
         model.load_state_dict(tensors, strict=True)

@@ -56,6 +56,12 @@ BATCH_ORDERS = ("shared", "per_member")
 EARLY_STOPPING = ("member", "ensemble")
 # Smallest normaliser scale: a constant input or target dimension must not divide by zero.
 MIN_SCALE = 1e-6
+# How inputs and targets are scaled (`normalization`): both by mean and standard deviation, both
+# by mean and mean absolute deviation (upstream dynamics-ensembles-rl), or the inputs only by
+# mean and standard deviation with the targets raw (upstream handful-of-trials' PETS,
+# `TensorStandardScaler`: a standard deviation below `UPSTREAM_MIN_STD` counts as 1).
+NORMALIZATIONS = ("std", "mad", "std_inputs")
+UPSTREAM_MIN_STD = 1e-12
 # Rows per holdout forward pass: bounds memory on large datasets.
 EVAL_CHUNK = 8192
 
@@ -77,7 +83,7 @@ class FitConfig:
     batch_order: str  # "shared" (one permutation per epoch) or "per_member" (one per member)
     snapshot: str  # what each member keeps: "mse", "nll" (lowest holdout value) or "last"
     num_elites: int  # how many members with the lowest holdout MSE become elites
-    normalization: str  # "std" (mean / standard deviation) or "mad" (mean / mean abs. deviation)
+    normalization: str  # one of NORMALIZATIONS
     grad_clip: float | None  # max gradient norm per member; None = no clipping
     # torch.compile the loss: its element-wise work fused into a few kernels, 10-25% less time
     # per step on CPU (benchmarks/ensemble.py), for ~10-20 s of compilation per process.
@@ -158,21 +164,35 @@ def fit_normalizer(x: Tensor, method: str) -> tuple[Tensor, Tensor]:
 
     Args:
         x: N x D training data.
-        method: "std" (standard deviation) or "mad" (mean absolute deviation, upstream
-            dynamics-ensembles-rl).
+        method: "std" (standard deviation, clamped to >= 1e-6), "mad" (mean absolute
+            deviation, upstream dynamics-ensembles-rl, clamped likewise) or "upstream_std"
+            (standard deviation, 1 where it is below 1e-12: handful-of-trials'
+            `TensorStandardScaler.fit`).
 
     Returns:
-        mean D and scale D (float32, scale clamped to >= 1e-6).
+        mean D and scale D (float32).
     """
     x64 = x.double()
     mean = x64.mean(dim=0)
-    if method == "std":
-        scale = x64.std(dim=0, correction=0)
-    elif method == "mad":
-        scale = (x64 - mean).abs().mean(dim=0)
-    else:
-        raise OmbrlError(f"normalization: {method!r} is not 'std' or 'mad'")
+    if method == "mad":
+        return mean.float(), (x64 - mean).abs().mean(dim=0).clamp_min(MIN_SCALE).float()
+    if method not in ("std", "upstream_std"):
+        raise OmbrlError(f"normalization: {method!r} is not 'std', 'mad' or 'upstream_std'")
+    scale = x64.std(dim=0, correction=0)
+    if method == "upstream_std":
+        return mean.float(), torch.where(scale < UPSTREAM_MIN_STD, 1.0, scale).float()
     return mean.float(), scale.clamp_min(MIN_SCALE).float()
+
+
+def fit_normalizers(
+    inputs: Tensor, targets: Tensor, normalization: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Input mean and scale, target mean and scale of the training split (`NORMALIZATIONS`);
+    `std_inputs` scales the inputs as upstream PETS and leaves the targets raw (0 and 1)."""
+    if normalization == "std_inputs":
+        out = targets.shape[1]
+        return (*fit_normalizer(inputs, "upstream_std"), torch.zeros(out), torch.ones(out))
+    return (*fit_normalizer(inputs, normalization), *fit_normalizer(targets, normalization))
 
 
 def bootstrap_indices(num_models: int, num_train: int, generator: torch.Generator) -> Tensor:
@@ -232,7 +252,11 @@ def _check_config(cfg: FitConfig, model: DynamicsEnsemble, dataset: Dataset) -> 
             "num_elites",
             f"must be between 1 and num_models ({model.num_models})",
         ),
-        (cfg.normalization in ("std", "mad"), "normalization", "is not 'std' or 'mad'"),
+        (
+            cfg.normalization in NORMALIZATIONS,
+            "normalization",
+            f"is not one of {list(NORMALIZATIONS)}",
+        ),
         (cfg.batch_order in BATCH_ORDERS, "batch_order", f"is not one of {list(BATCH_ORDERS)}"),
         (cfg.snapshot in SNAPSHOTS, "snapshot", f"is not one of {list(SNAPSHOTS)}"),
         (
@@ -541,8 +565,9 @@ def fit_ensemble(
 ) -> FitResult:
     """Train every member of `model` at once; each keeps the snapshot `cfg.snapshot` names.
 
-    The model's normalisers are fitted on the training split, targets are the normalised
-    `s' - s` (plus the reward when `model.predict_reward`). After each epoch the holdout MSE
+    The model's normalisers are fitted on the training split (`cfg.normalization`), inputs are
+    `model.model_inputs(s, a)`, targets are the normalised `s' - s` (plus the reward when
+    `model.predict_reward`; raw under `std_inputs`). After each epoch the holdout MSE
     and NLL of each member are measured; under `snapshot: mse` a member's weights are
     snapshotted when its MSE improves by more than 1% relative, under `nll` when its NLL falls
     by more than `NLL_IMPROVEMENT`; `last` keeps no snapshot. Training stops once no member
@@ -589,7 +614,7 @@ def fit_ensemble(
     e = model.num_models
 
     obs = torch.as_tensor(dataset.observations, dtype=torch.float32)
-    inputs = torch.cat([obs, torch.as_tensor(dataset.actions, dtype=torch.float32)], dim=1)
+    inputs = model.model_inputs(obs, torch.as_tensor(dataset.actions, dtype=torch.float32))
     targets = torch.as_tensor(dataset.next_observations, dtype=torch.float32) - obs
     if model.predict_reward:
         rewards = torch.as_tensor(dataset.rewards, dtype=torch.float32)
@@ -599,8 +624,9 @@ def fit_ensemble(
         dataset.episode_ids, cfg.holdout_ratio, cfg.holdout_by, generator
     )
     train_idx, holdout_idx = torch.from_numpy(train_np), torch.from_numpy(holdout_np)
-    in_mean, in_std = fit_normalizer(inputs[train_idx], cfg.normalization)
-    out_mean, out_std = fit_normalizer(targets[train_idx], cfg.normalization)
+    in_mean, in_std, out_mean, out_std = fit_normalizers(
+        inputs[train_idx], targets[train_idx], cfg.normalization
+    )
     model.set_normalizers(in_mean, in_std, out_mean, out_std)
     x_all = ((inputs - in_mean) / in_std).to(device)
     y_all = ((targets - out_mean) / out_std).to(device)

@@ -89,7 +89,10 @@ class PetsResult:
 
 
 def fit_config(cfg: PetsConfig) -> FitConfig:
-    """The ensemble-training settings of a PETS refit (the one place FitConfig is built)."""
+    """The ensemble-training settings of a PETS refit (the one place FitConfig is built).
+
+    Upstream's `BNN.train` keeps every member's last epoch; a holdout (an option here) keeps
+    each member's epoch of lowest holdout MSE instead."""
     return FitConfig(
         fit_epochs=cfg.fit_epochs,
         batch_size=cfg.batch_size,
@@ -102,20 +105,22 @@ def fit_config(cfg: PetsConfig) -> FitConfig:
         bootstrap=cfg.bootstrap,
         # PETS: each member's bootstrap resample in its own order; shared batches without one.
         batch_order="per_member" if cfg.bootstrap else "shared",
-        snapshot="mse",
+        snapshot="mse" if cfg.holdout_ratio > 0 else "last",
         num_elites=cfg.members,
-        normalization="std",
+        normalization=cfg.normalization,
         grad_clip=None,
         compile=False,
     )
 
 
 def make_ensemble(cfg: PetsConfig, task: Task) -> DynamicsEnsemble:
-    """A fresh ensemble for `cfg.model_type` (weights from torch's global RNG: seed it first)."""
+    """A fresh ensemble for `cfg.model_type` (weights from torch's global RNG: seed it first),
+    seeing the task's angles as sine and cosine under `obs_preproc: task`."""
     probabilistic = cfg.model_type.startswith("P")
+    angle_dims = task.angle_dims if cfg.obs_preproc == "task" else ()
     return DynamicsEnsemble(
         task.obs_dim, task.act_dim, list(cfg.hidden_size), cfg.members, probabilistic,
-        cfg.activation, False,
+        cfg.activation, False, angle_dims=angle_dims,
     )  # fmt: skip
 
 
@@ -260,8 +265,8 @@ def train_pets(
         The final ensemble and a `PetsResult`. Each row has `episode`, `iteration` (0 for the
         random episodes), `policy` ("random" or "mpc"), `return`, `length`, `terminated`,
         `env_steps` (cumulative) and, for planned episodes, `fit_seconds`, `plan_seconds`,
-        `seconds_per_action`, `holdout_mse` (of the refit, normalised space) and
-        `train_mse`.
+        `seconds_per_action`, `train_mse` and, with a holdout, `holdout_mse` (of the refit's
+        last epoch, normalised space).
     """
     task = get_task(env_id)
     device = torch.device(device)
@@ -344,8 +349,7 @@ def train_pets(
                     "fit_seconds": fit_seconds,
                     "plan_seconds": plan_seconds,
                     "seconds_per_action": plan_seconds / max(1, len(episode.actions)),
-                    "holdout_mse": last["holdout_mse"],
-                    "train_mse": last["train_mse"],
+                    **{k: last[k] for k in ("holdout_mse", "train_mse") if k in last},
                 }
             )
             bar.set_postfix(ret=f"{episode.total:.1f}", steps=len(episode.actions))

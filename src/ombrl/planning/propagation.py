@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ombrl.errors import OmbrlError
-from ombrl.models.ensemble import DynamicsEnsemble
+from ombrl.models.ensemble import DynamicsEnsemble, angle_features
 
 PROP_TYPES = ("E", "DS", "TS1", "TSinf", "MM")
 MODEL_TYPES = ("D", "P", "DE", "PE")
@@ -65,16 +65,7 @@ def check_types(model_type: str, prop_type: str) -> None:
 
 def single_member(ensemble: DynamicsEnsemble, member: int) -> DynamicsEnsemble:
     """A one-member ensemble holding a copy of `ensemble`'s member `member`."""
-    arch = ensemble.architecture
-    one = DynamicsEnsemble(
-        arch["obs_dim"],
-        arch["act_dim"],
-        arch["hidden_size"],
-        1,
-        arch["probabilistic"],
-        arch["activation"],
-        arch["predict_reward"],
-    )
+    one = DynamicsEnsemble(**{**ensemble.architecture, "num_models": 1})
     state = {}
     for name, value in ensemble.state_dict().items():
         member_dim = value.dim() == 3 and value.shape[0] == ensemble.num_models
@@ -117,7 +108,8 @@ class PlanningNet:
     kernels per call, which is what a planner's thousands of small calls per action pay for:
     the input standardisation is folded into the first layer (`W' = W / std_in`,
     `b' = b - (mean_in / std_in) W`), the delta de-normalisation into the head's mean
-    columns, activations run in place, and no `nn.Module` dispatch. Rebuild it after the
+    columns, activations run in place, and no `nn.Module` dispatch (the angles' sine and cosine,
+    `angle_dims`, are computed before the first layer). Rebuild it after the
     ensemble's weights change (`make_agent` does, every iteration).
 
     Args:
@@ -143,6 +135,7 @@ class PlanningNet:
         self.probabilistic = model.probabilistic
         self.swish = model.activation == "swish"
         self.num_models, self.obs_dim = model.num_models, model.obs_dim
+        self.angle_dims = model.angle_dims
         if model.probabilistic:
             self.max_logvar = model.max_logvar.detach()[..., :d].clone()
             self.min_logvar = model.min_logvar.detach()[..., :d].clone()
@@ -159,7 +152,7 @@ class PlanningNet:
         Returns:
             mean E x B x obs_dim (`s + delta`) and std E x B x obs_dim or None.
         """
-        h = torch.cat([obs, act], dim=-1)
+        h = torch.cat([angle_features(obs, self.angle_dims), act], dim=-1)
         if h.dim() == 2:
             h = h.expand(self.num_models, *h.shape)
         for w, b in zip(self.weights[:-1], self.biases[:-1], strict=True):

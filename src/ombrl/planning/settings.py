@@ -18,10 +18,14 @@ import yaml
 
 from ombrl.config import read_yaml
 from ombrl.errors import OmbrlError
+from ombrl.models.fit import NORMALIZATIONS
 from ombrl.planning.propagation import check_model_source, check_types
 
 PRESET_DIR = Path("config") / "pets"
 OPT_TYPES = ("CEM", "Random")
+# `obs_preproc`: the model sees the task's angles as sine and cosine (`Task.angle_dims`,
+# upstream's per-task `obs_preproc`), or the raw observation.
+OBS_PREPROC = ("task", "none")
 # `-ca` names (upstream) -> preset keys.
 CONTROLLER_ARGS = {"model-type": "model_type", "prop-type": "prop_type", "opt-type": "opt_type"}
 #: The preset keys an offline `pets` entry may set (schema `$defs.pets`; None keeps the
@@ -51,6 +55,7 @@ class PetsConfig:
     epsilon: float  # CEM: stop once every variance is at most this
     particles: int  # npart: particles per candidate (TS: a multiple of num_models)
     # dynamics model (the vocabulary of config/ensembles/*.yaml)
+    obs_preproc: str  # task (upstream: the task's angles as sine and cosine) or none
     num_models: int  # DE/PE members (D and P train one network)
     hidden_size: list[int]  # hidden layer widths
     activation: str  # swish or relu
@@ -58,8 +63,11 @@ class PetsConfig:
     lr: float  # Adam learning rate
     fit_epochs: int  # epochs per refit (upstream: 5); weights carry over between iterations
     batch_size: int  # transitions per member per gradient step
-    holdout_ratio: float  # fraction held out to pick each member's best epoch, in (0, 1)
+    # 0 (upstream): every transition trains and each member keeps its last epoch; in (0, 1):
+    # that fraction is held out and each member keeps its epoch of lowest holdout MSE
+    holdout_ratio: float
     bootstrap: bool  # each member trains on its own bootstrap resample
+    normalization: str  # std_inputs (upstream: inputs only, targets raw), std or mad
 
     @property
     def members(self) -> int:
@@ -147,10 +155,16 @@ def check_pets_config(cfg: PetsConfig) -> None:
         )
     if not _is_number(cfg.lr) or cfg.lr <= 0:
         raise OmbrlError(f"lr: {cfg.lr!r} must be a number > 0")
-    if not _is_number(cfg.holdout_ratio) or not 0 < cfg.holdout_ratio < 1:
-        raise OmbrlError(f"holdout_ratio: {cfg.holdout_ratio!r} must be a number in (0, 1)")
+    if not _is_number(cfg.holdout_ratio) or not 0 <= cfg.holdout_ratio < 1:
+        raise OmbrlError(f"holdout_ratio: {cfg.holdout_ratio!r} must be a number in [0, 1)")
     if not isinstance(cfg.bootstrap, bool):
         raise OmbrlError(f"bootstrap: {cfg.bootstrap!r} must be true or false")
+    if cfg.obs_preproc not in OBS_PREPROC:
+        raise OmbrlError(f"obs_preproc: {cfg.obs_preproc!r} is not one of {', '.join(OBS_PREPROC)}")
+    if cfg.normalization not in NORMALIZATIONS:
+        raise OmbrlError(
+            f"normalization: {cfg.normalization!r} is not one of {', '.join(NORMALIZATIONS)}"
+        )
 
 
 def preset_path(preset: str | None, env_id: str) -> Path:
