@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -172,3 +173,17 @@ def test_settings_the_ensemble_cannot_provide_are_errors_before_planning():
     assert make_planner(ensemble, ENV, small | {"model_type": "D", "prop_type": "E"})
     with pytest.raises(OmbrlError, match="horizon: unknown key"):
         resolve_mode("pets", {"ensemble": "e", "horizon": 3}, "test")
+
+
+def test_a_policy_file_from_before_the_model_training_keys_still_plans():
+    """policy.json files written before `obs_preproc` and `normalization` existed (keys the
+    planner does not use) load and plan with the settings they record."""
+    torch.manual_seed(0)
+    ensemble = DynamicsEnsemble(4, 1, [8], 2, True, "swish", False)
+    planner = make_planner(ensemble, ENV, {"preset": "small"} | dict.fromkeys(
+        ("model_type", "prop_type", "opt_type")))  # fmt: skip
+    meta = {**planner.provenance, "env_id": ENV}
+    for key in ("obs_preproc", "normalization"):
+        del meta["planner"]["settings"][key]
+    act = load_policy(meta, planner.state_dict(), torch.device("cpu"), seed=0)
+    assert act(np.zeros(4)).shape == (1,)

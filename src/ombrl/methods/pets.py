@@ -210,7 +210,9 @@ def load_policy(
     record = meta["planner"]
     model = DynamicsEnsemble(**record["architecture"])
     model.load_state_dict(tensors)
-    cfg = PetsConfig(**record["settings"])
+    # Policy files written before PETS had these model-training keys (which a planner does not
+    # use) load with the values PETS had then.
+    cfg = PetsConfig(**{"obs_preproc": "none", "normalization": "std", **record["settings"]})
     check_pets_config(cfg)
     planner = Planner(model.to(device).eval(), cfg, record["preset"], record["ensemble_elites"])
     agent = planner.agent(meta["env_id"], seed)
