@@ -10,7 +10,8 @@ import pytest
 import yaml
 from study_runner import ROOT, copy_workflow, scheduled, snakemake
 
-from ombrl.config import read_yaml
+from ombrl.config import SCHEMA, read_yaml, section_properties
+from ombrl.methods import method_spec
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +30,19 @@ TINY = {
     "rollout_batch": 100,
     "rollout_every": 30,
     "iterations": 2,
-    "paths": 4,
+    "update_paths": 4,
     "horizon": 10,
     "eval_every": 1,
     "every": 30,
     "episodes": 1,
 }
+
+
+#: Sizes the real study leaves at their defaults, set on each mode entry whose method has
+#: them: NPG's behaviour-cloning start (19530 minibatch steps) and baseline (128x128), the
+#: model-free references' 256x256 networks, every policy's batch (256).
+DEFAULT_SIZES = {k: TINY[k] for k in ("hidden_size", "batch_size")}
+DEFAULT_SIZES |= {"bc_steps": 20, "value_hidden_size": [16]}
 
 
 def shrink(node):
@@ -44,9 +52,17 @@ def shrink(node):
     return node
 
 
+def shrink_defaults(entry: dict, name: str) -> dict:
+    """A mode entry with DEFAULT_SIZES set where its method has the key."""
+    section = SCHEMA["$defs"][method_spec(entry.get("method", name)).section]
+    keys = section_properties(section)
+    return entry | {k: v for k, v in DEFAULT_SIZES.items() if k in keys}
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, dict, dict[str, int]]:
     study = shrink(read_yaml(ROOT / "config" / "hopper.yaml"))
+    study["modes"] = {name: shrink_defaults(e, name) for name, e in study["modes"].items()}
     first = next(iter(study["datasets"]))
     study["datasets"] = {first: study["datasets"][first]}
     study["overrides"] = {d: v for d, v in study.get("overrides", {}).items() if d == first}
