@@ -13,8 +13,9 @@ import pytest
 import yaml
 from study_runner import ROOT, copy_workflow, scheduled, snakemake
 
-from ombrl.config import load_study, mode_params, read_yaml
+from ombrl.config import SCHEMA, load_study, mode_params, read_yaml, section_properties
 from ombrl.data.requests import behaviour_name
+from ombrl.methods import method_spec
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +43,11 @@ TINY = {
     "every": 30,
     "episodes": 1,
 }
+#: Sizes the real study leaves at their defaults, set on each mode entry whose method has
+#: them: NPG's behaviour-cloning start (19530 minibatch steps) and baseline (128x128), the
+#: model-free references' 256x256 networks, every policy's batch (256).
+DEFAULT_SIZES = {k: TINY[k] for k in ("hidden_size", "batch_size")}
+DEFAULT_SIZES |= {"bc_steps": 20, "value_hidden_size": [16]}
 
 
 def shrink(node):
@@ -49,6 +55,13 @@ def shrink(node):
     if isinstance(node, dict):
         return {k: TINY[k] if k in TINY else shrink(v) for k, v in node.items()}
     return node
+
+
+def shrink_defaults(entry: dict, name: str) -> dict:
+    """A mode entry with DEFAULT_SIZES set where its method has the key."""
+    section = SCHEMA["$defs"][method_spec(entry.get("method", name)).section]
+    keys = section_properties(section)
+    return entry | {k: v for k, v in DEFAULT_SIZES.items() if k in keys}
 
 
 def jobs_per_dataset(study: dict) -> Counter:
@@ -74,6 +87,7 @@ def jobs_per_dataset(study: dict) -> Counter:
 def tiny(request, tmp_path_factory) -> tuple[Path, str, dict, dict[str, int]]:
     name = request.param
     study = shrink(read_yaml(ROOT / "config" / f"{name}.yaml"))
+    study["modes"] = {m: shrink_defaults(e, m) for m, e in study["modes"].items()}
     resolved = load_study(read_yaml(ROOT / "config" / f"{name}.yaml"), name, ROOT)
     # The dataset with the most entries (entries can be restricted to some datasets).
     first = max(

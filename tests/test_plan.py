@@ -74,9 +74,9 @@ def test_each_job_is_priced_from_its_settings(tmp_path):
     }
     assert rows["train_policy"].cpu_hours * 3600 == pytest.approx(sac_updates)
     assert rows["train_ensemble"].cpu_hours == 0
-    # One second per environment step: each learning entry's 3 evaluations (at 0, 100, 200 of
-    # the 200-step modes; at iterations 0, 2, 4 of the NPG ones) and the planner's one
-    # (pets), x 2 episodes x 1000 steps, and finetune's 200 online steps; plus 1500
+    # One second per environment step: each learning entry's 3 evaluations (at 0, 50, 100 of
+    # the 100-step modes; at iterations 0, 2, 4 of the NPG ones) and the planner's one
+    # (pets), x 2 episodes x 1000 steps, and finetune's 100 online steps; plus 1500
     # collected; each online PETS run (2) its random episode and its planned episode of 1000.
     rows = {
         r.rule: r for r in plan(Path("study.yaml"), calibration(tmp_path, env_step=1.0), workdir)
@@ -84,7 +84,7 @@ def test_each_job_is_priced_from_its_settings(tmp_path):
     planners = sum(METHODS[e["method"]].progress is None for e in modes.values())
     evaluations = (len(modes) - planners) * 3 + planners
     online = sum(e["steps"] for e in modes.values() if e["method"] == "finetune")
-    assert online == 200
+    assert online == 100
     assert rows["train_policy"].cpu_hours * 3600 == pytest.approx(evaluations * 2000 + online)
     assert rows["collect_dataset"].cpu_hours * 3600 == pytest.approx(1500)
     assert rows["pets_online"].cpu_hours * 3600 == pytest.approx(2 * 2 * 1000)

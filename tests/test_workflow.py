@@ -67,8 +67,8 @@ def test_the_study_produces_scores_and_figure(study):
     assert set(scores["mode"]) == set(ENTRIES)
     assert set(scores["method"]) == set(METHODS)
     assert set(scores["dataset"]) == {"tiny-random"}
-    # Evaluations at step 0, every 100 updates, and at the end (200).
-    assert sorted(scores.loc[scores["mode"] == "bc", "step"]) == [0, 100, 200]
+    # Evaluations at step 0, every 50 updates, and at the end (100).
+    assert sorted(scores.loc[scores["mode"] == "bc", "step"]) == [0, 50, 100]
     pdf = study / "results/figures/avg_return.pdf"
     assert pdf.read_bytes().startswith(b"%PDF")
     # The figure draws every entry by its name (the executed notebook prints its curves).
