@@ -1,7 +1,7 @@
 """The locomotion studies' DAGs (config/hopper.yaml, config/halfcheetah.yaml), each run for
 real at tiny sizes: the same ensembles, modes and rules (behaviour run, generated data,
 ensembles, policies, scores, figures) on the dataset with the most entries, one seed, with
-every size shrunk so each study takes about a minute."""
+every size shrunk so each study takes a few minutes at most (docs/reliability.md)."""
 
 import copy
 import subprocess
