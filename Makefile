@@ -44,6 +44,7 @@ lint: $(BIN)/ombrl
 	$(BIN)/ruff check src tests benchmarks docs/_hooks
 	$(BIN)/ruff format --check src tests benchmarks docs/_hooks
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/rules
 
 # The documentation site in site/ (not committed), --strict: a broken link or anchor, a page
 # naming a config key or flag ombrl does not have, or an invalid YAML study snippet fails it.

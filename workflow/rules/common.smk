@@ -160,7 +160,8 @@ def policy_flags(w):
     params = mode_params(STUDY, w.dataset, w.mode)
     params.pop("ensemble", None)
     params.pop("datasets")
-    for key in unused_scheme_keys(params):  # the CLI refuses a key its scheme never reads
+    # The CLI refuses a key its scheme never reads.
+    for key in unused_scheme_keys(params):
         del params[key]
     origin = params.pop("from", None)
     flags = f"--mode {params.pop('method')} --name {w.mode}"
