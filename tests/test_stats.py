@@ -15,7 +15,7 @@ from study_runner import papermill
 
 from ombrl.cli import main
 from ombrl.errors import OmbrlError
-from ombrl.scores import aggregates, final_scores, run_scores
+from ombrl.scores import aggregates, final_scores, final_scores_markdown, run_scores
 from ombrl.stats import (
     final_score,
     iqm,
@@ -239,6 +239,34 @@ def test_final_scores_with_k3_average_each_seeds_last_three_evaluations():
     assert row["last_k"] == 3 and row["step"] == 500
     assert row["normalized_ci_low"] <= row["normalized_mean"] <= row["normalized_ci_high"]
     assert row["normalized_iqm_ci_low"] <= row["normalized_iqm"] <= row["normalized_iqm_ci_high"]
+
+
+def test_final_scores_say_how_far_each_curve_still_rose_at_its_end():
+    # Seed 0 climbs 10 points per evaluation; seed 1 is flat; seed 2 falls 5 per evaluation.
+    curves = {0: [0, 10, 20, 30, 40, 50], 1: [7, 7, 7, 7, 7, 7], 2: [50, 45, 40, 35, 30, 25]}
+    rows = [
+        {
+            "dataset": "d",
+            "mode": "m",
+            "seed": seed,
+            "step": 100 * i,
+            "return": v,
+            "normalized_score": float(v),
+        }
+        for seed, curve in curves.items()
+        for i, v in enumerate(curve)
+    ]
+    table = pd.DataFrame(rows)
+    # Last 2 against the 2 before: (40+50)/2 - (20+30)/2 = 20; 0; (30+25)/2 - (40+35)/2 = -10.
+    runs = run_scores(table, last_k=2).set_index("seed")
+    assert runs["rise"].tolist() == [20.0, 0.0, -10.0]
+    row = final_scores(table, last_k=2).iloc[0]
+    assert row["rise_mean"] == pytest.approx(10 / 3) and row["rising_seeds"] == 1
+    assert "| +3.3 (1 of 3 up) |" in final_scores_markdown(final_scores(table, last_k=2))
+    # Six evaluations cannot hold two windows of four: no rise, said as such.
+    short = final_scores(table, last_k=4).iloc[0]
+    assert np.isnan(short["rise_mean"]) and np.isnan(short["rising_seeds"])
+    assert final_scores_markdown(final_scores(table, last_k=4)).count("| - |") == 1
 
 
 def test_aggregates_compare_every_mode_with_the_baseline():

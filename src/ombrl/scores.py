@@ -163,7 +163,11 @@ def run_scores(table: pd.DataFrame, last_k: int = 1) -> pd.DataFrame:
         table: every evaluation, as `gather` returns it.
         last_k: K, evaluations averaged per run (1: the last evaluation).
     Returns:
-        dataset, mode[, method], seed, step (of the last evaluation), return, normalized_score.
+        dataset, mode[, method], seed, step (of the last evaluation), return, normalized_score,
+        and rise: the mean normalized score of the last K evaluations minus that of the K
+        before them (NaN for a run with fewer than 2K evaluations). A positive rise says the
+        curve was still going up where the run stopped, by that many points; one run's rise is
+        as noisy as its evaluations, so `final_scores` counts the seeds that agree.
     """
     if isinstance(last_k, bool) or not isinstance(last_k, int | np.integer) or last_k < 1:
         raise OmbrlError(f"last_k: {last_k!r}, expected a whole number of evaluations >= 1")
@@ -180,9 +184,17 @@ def run_scores(table: pd.DataFrame, last_k: int = 1) -> pd.DataFrame:
                 "step": int(run["step"].iloc[-1]),
                 "return": final_score(run["return"].to_numpy(), last_k),
                 "normalized_score": final_score(run["normalized_score"].to_numpy(), last_k),
+                "rise": _rise(run["normalized_score"].to_numpy(), last_k),
             }
         )
-    return pd.DataFrame(rows, columns=keys + ["step", "return", "normalized_score"])
+    return pd.DataFrame(rows, columns=keys + ["step", "return", "normalized_score", "rise"])
+
+
+def _rise(progress: np.ndarray, last_k: int) -> float:
+    """Mean of the last `last_k` evaluations minus the mean of the `last_k` before them."""
+    if len(progress) < 2 * last_k:
+        return float("nan")
+    return float(progress[-last_k:].mean() - progress[-2 * last_k : -last_k].mean())
 
 
 def _joined(values: np.ndarray) -> str:
@@ -202,13 +214,16 @@ def final_scores(table: pd.DataFrame, last_k: int = 1) -> pd.DataFrame:
         dataset, mode[, method], seeds, step (largest last step), last_k, return_mean,
         normalized_mean, normalized_std (ddof 0), normalized_ci_low/high (of the mean),
         normalized_iqm, normalized_iqm_ci_low/high, seed_ids and seed_scores (`;`-separated,
-        the same order).
+        the same order), rise_mean (the seeds' mean `run_scores` rise: how far the curves
+        still went up over their last K evaluations) and rising_seeds (how many seeds rose;
+        NaN where the runs are too short to tell).
     """
     runs = run_scores(table, last_k)
     keys = _group_keys(table)
     rows = []
     for key, group in runs.groupby(keys, sort=True):
-        scores = group["normalized_score"].to_numpy()
+        scores, rises = group["normalized_score"].to_numpy(), group["rise"].to_numpy()
+        known = not np.isnan(rises).any()
         low, high = stratified_bootstrap(_mean, scores, confidence=CONFIDENCE, resamples=RESAMPLES)
         iqm_low, iqm_high = stratified_bootstrap(
             iqm, scores, confidence=CONFIDENCE, resamples=RESAMPLES
@@ -229,6 +244,8 @@ def final_scores(table: pd.DataFrame, last_k: int = 1) -> pd.DataFrame:
                 "normalized_iqm_ci_high": iqm_high,
                 "seed_ids": ";".join(str(s) for s in group["seed"]),
                 "seed_scores": _joined(scores),
+                "rise_mean": float(rises.mean()) if known else np.nan,
+                "rising_seeds": int((rises > 0).sum()) if known else np.nan,
             }
         )
     return pd.DataFrame(rows)
@@ -349,6 +366,11 @@ def _estimate(value: float, low: float, high: float, digits: int) -> str:
     return "-" if pd.isna(value) else f"{value:.{digits}f} {_interval(low, high, digits)}"
 
 
+def _trend(rise: float, rising: float, seeds: int) -> str:
+    """`+2.5 (3 of 3 up)`, or `-` where the runs are too short to tell."""
+    return "-" if pd.isna(rise) else f"{rise:+.1f} ({int(rising)} of {seeds} up)"
+
+
 def _markdown(header: list[str], rows: list[list[str]], caption: str) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -370,6 +392,7 @@ def final_scores_markdown(final: pd.DataFrame) -> str:
                 _cell(r.normalized_iqm, 1),
                 _interval(r.normalized_iqm_ci_low, r.normalized_iqm_ci_high, 1),
                 f"{seeds} (seeds {', '.join(str(r.seed_ids).split(';'))})",
+                _trend(r.rise_mean, r.rising_seeds, r.seeds),
             ]
         )
     last_k = sorted(set(final["last_k"]))
@@ -377,9 +400,11 @@ def final_scores_markdown(final: pd.DataFrame) -> str:
         f"Normalized score (0: random policy, 100: expert). A seed's score is the mean of its last "
         f"{', '.join(map(str, last_k))} evaluation(s); mean ± std (ddof 0) over seeds, IQM, and "
         f"95% percentile-bootstrap intervals ({RESAMPLES} resamples). With 2-5 seeds an interval "
-        "covers the true value less often than 95%."
+        "covers the true value less often than 95%. Last rise: the mean of the last K "
+        "evaluations minus the K before them, over seeds, and how many seeds rose."
     )
-    header = ["dataset", "mode", "seeds", "mean ± std", "95% CI", "IQM", "IQM 95% CI", "per seed"]
+    header = ["dataset", "mode", "seeds", "mean ± std", "95% CI", "IQM", "IQM 95% CI"]
+    header += ["per seed", "last rise"]
     return _markdown(header, rows, caption)
 
 
