@@ -1,6 +1,8 @@
 """Suite-wide settings, and the module order that keeps both xdist workers busy to the end."""
 
 import os
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -17,6 +19,40 @@ def tracking_store(tmp_path_factory):
         del os.environ["MLFLOW_TRACKING_URI"]
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+#: A SLURM configuration whose controller refuses at once (MessageTimeout 1 s: no retries).
+NO_CONTROLLER = "ClusterName=none\nSlurmctldHost=localhost\nMessageTimeout=1\n"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def slurm_probes_fail_at_once(tmp_path_factory):
+    """Where SLURM is installed but no controller answers (this machine between the SLURM
+    tests), every Snakemake start waits 9 s: its SLURM plugin runs `scontrol show config` when
+    imported, which retries for the configuration's MessageTimeout (10 s by default). The
+    probe fails either way; pointing SLURM_CONF at a controller that refuses at once saves the
+    wait for each of the suite's Snakemake runs. Where a controller answers (the SLURM tests,
+    run against a live cluster), nothing changes."""
+    before = os.environ.get("SLURM_CONF")
+    if shutil.which("scontrol") is None or _controller_answers():
+        yield
+        return
+    conf = tmp_path_factory.mktemp("slurm") / "slurm.conf"
+    conf.write_text(NO_CONTROLLER)
+    os.environ["SLURM_CONF"] = str(conf)
+    yield
+    if before is None:
+        del os.environ["SLURM_CONF"]
+    else:
+        os.environ["SLURM_CONF"] = before
+
+
+def _controller_answers() -> bool:
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return False
+    return ping.returncode == 0 and "UP" in ping.stdout
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
 """Run the real workflow in a fresh copy of the repository's workflow files (shared by tests)."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -29,7 +30,8 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
     """`snakemake ARGS` in `workdir` with only the project's venv and the system on PATH.
 
     The library is imported from the copy's `src/` (PYTHONPATH comes before the editable
-    install), so a test can edit library code without touching the repository.
+    install), so a test can edit library code without touching the repository. SLURM_CONF
+    passes through (tests/conftest.py: slurm_probes_fail_at_once).
     """
     env = {
         "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -37,6 +39,8 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
         "MPLBACKEND": "Agg",
         "PYTHONPATH": str(workdir / "src"),
     }
+    if "SLURM_CONF" in os.environ:
+        env["SLURM_CONF"] = os.environ["SLURM_CONF"]
     return subprocess.run(
         [str(BIN / "snakemake"), *args],
         cwd=workdir,

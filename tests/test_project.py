@@ -1,5 +1,6 @@
 """Project hygiene: conda pins agree with pyproject; the Snakemake files are lint- and fmt-clean."""
 
+import os
 import re
 import subprocess
 import sys
@@ -54,6 +55,7 @@ def test_every_rule_names_a_conda_environment_that_exists():
 
 def test_snakemake_lint_and_snakefmt_are_clean():
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(ROOT)}
+    env |= {k: v for k, v in os.environ.items() if k == "SLURM_CONF"}  # tests/conftest.py
     lint = subprocess.run(
         [str(BIN / "snakemake"), "--lint"], cwd=ROOT, env=env, capture_output=True, text=True
     )
