@@ -49,7 +49,7 @@ def slurm_probes_fail_at_once(tmp_path_factory):
 
 def _controller_answers() -> bool:
     try:
-        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
     except subprocess.TimeoutExpired:
         return False
     return ping.returncode == 0 and "UP" in ping.stdout
