@@ -1,6 +1,5 @@
 """Suite-wide settings, and the module order that keeps both xdist workers busy to the end."""
 
-import os
 import shutil
 import subprocess
 
@@ -12,13 +11,9 @@ import torch
 def tracking_store(tmp_path_factory):
     """Every `ombrl` run of the tests logs to one throwaway MLflow store, never the checkout's."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    yield uri
-    if before is None:
-        del os.environ["MLFLOW_TRACKING_URI"]
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri
 
 
 #: A SLURM configuration whose controller refuses at once (MessageTimeout 1 s: no retries).
@@ -33,18 +28,14 @@ def slurm_probes_fail_at_once(tmp_path_factory):
     probe fails either way; pointing SLURM_CONF at a controller that refuses at once saves the
     wait for each of the suite's Snakemake runs. Where a controller answers (the SLURM tests,
     run against a live cluster), nothing changes."""
-    before = os.environ.get("SLURM_CONF")
     if shutil.which("scontrol") is None or _controller_answers():
         yield
         return
     conf = tmp_path_factory.mktemp("slurm") / "slurm.conf"
     conf.write_text(NO_CONTROLLER)
-    os.environ["SLURM_CONF"] = str(conf)
-    yield
-    if before is None:
-        del os.environ["SLURM_CONF"]
-    else:
-        os.environ["SLURM_CONF"] = before
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SLURM_CONF", str(conf))
+        yield
 
 
 def _controller_answers() -> bool:
