@@ -100,6 +100,9 @@ def tiny(request, tmp_path_factory) -> tuple[Path, str, dict, dict[str, int]]:
     # Any trained snapshot is the tiny run's medium (HalfCheetah's returns can be negative).
     spec["medium_return"] = -1.0e6
     spec["behaviour"] |= {k: TINY[k] for k in ("warmup", "batch_size", "hidden_size")}
+    # No MLflow: its import and store check cost each job about 2.6 CPU s, and the tracking
+    # store is test_workflow.py's to check.
+    study["tracking_uri"] = "none"
     workdir = copy_workflow(tmp_path_factory.mktemp(name))
     (workdir / "study.yaml").write_text(yaml.safe_dump(study))
     result = snakemake(workdir, "--cores", "2", "--configfile", "study.yaml")
