@@ -8,12 +8,22 @@ import torch
 
 
 @pytest.fixture(scope="session", autouse=True)
-def tracking_store(tmp_path_factory):
-    """Every `ombrl` run of the tests logs to one throwaway MLflow store, never the checkout's."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+def no_tracking():
+    """The tests' `ombrl` runs track nothing unless a test asks for a store (tracking_store):
+    MLflow's import and its store's schema check cost each process about 2.6 CPU s, and only
+    the tests that read a store need one. Never the checkout's store either way. (The
+    workflow tests' Snakemake runs track into their study's own store: test_workflow.py.)"""
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_URI", uri)
-        yield uri
+        env.setenv("MLFLOW_TRACKING_URI", "none")
+        yield
+
+
+@pytest.fixture
+def tracking_store(tmp_path_factory, monkeypatch) -> str:
+    """A throwaway MLflow store that the test's `ombrl` runs log to (MLFLOW_TRACKING_URI)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
 
 
 #: A SLURM configuration whose controller refuses at once (MessageTimeout 1 s: no retries).
