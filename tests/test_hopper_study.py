@@ -67,8 +67,9 @@ def shrink_defaults(entry: dict, name: str) -> dict:
 def jobs_per_dataset(study: dict) -> Counter:
     """The jobs whose number follows the study's datasets, seeds and entries, from the file
     alone: a policy per seed and entry of each dataset (an entry's `datasets` restricts it),
-    an ensemble per seed and ensemble those entries use, one dataset and one loss figure per
-    dataset, one behaviour run per task and behaviour seed."""
+    an ensemble per seed (one where the ensemble entry sets its `seed`) and ensemble those
+    entries use, one dataset and one loss figure per dataset, one behaviour run per task and
+    behaviour seed."""
     resolved = load_study(copy.deepcopy(study), "study", ROOT)  # fills in defaults in place
     seeds, datasets = len(resolved["seeds"]), resolved["datasets"]
     jobs: Counter = Counter()
@@ -76,7 +77,10 @@ def jobs_per_dataset(study: dict) -> Counter:
         entries = [m for m, e in resolved["modes"].items() if dataset in e["datasets"]]
         used = {mode_params(resolved, dataset, m).get("ensemble") for m in entries} - {None}
         jobs["train_policy"] += seeds * len(entries)
-        jobs["train_ensemble"] += seeds * len(used)
+        # An entry with its own `seed` is fitted once for every policy seed.
+        jobs["train_ensemble"] += sum(
+            1 if study["ensembles"][e].get("seed") is not None else seeds for e in used
+        )
         jobs["figure_ensemble_loss"] += int(bool(used))
     jobs["generate_dataset"] = len(datasets)
     jobs["behaviour"] = len({behaviour_name(spec) for spec in datasets.values()})

@@ -202,6 +202,21 @@ def test_a_new_seed_adds_only_its_jobs(study):
     }
 
 
+def test_a_new_seed_trains_on_a_pretrained_ensemble_without_fitting_one(study):
+    """An ensemble entry with `seed: 0` is fitted once: seed 1's policies train on seed 0's
+    ensemble, and nothing of seed 0 reruns."""
+    changed = yaml.safe_load((study / "study.yaml").read_text())
+    changed["seeds"] = [0, 1]
+    changed["ensembles"]["tiny"]["seed"] = 0
+    (study / "changed.yaml").write_text(yaml.safe_dump(changed))
+    result = run(study, "--configfile", "changed.yaml", "--dry-run", "--printshellcmds")
+    assert result.returncode == 0, result.stderr
+    assert scheduled(result) == {"train_policy": len(ENTRIES), "scores": 1, **FIGURES}
+    used = re.findall(r"--ensemble (\S+)", result.stdout)
+    assert len(used) == MODEL_BASED
+    assert set(used) == {"results/tiny-random/ensembles/tiny/seed0"}
+
+
 def test_editing_the_figure_notebook_reruns_only_the_figure(study):
     restore = with_change(
         study,

@@ -76,6 +76,18 @@ def ensemble_dir(dataset, ensemble, seed):
     return f"results/{dataset}/ensembles/{ensemble}/seed{seed}"
 
 
+def ensemble_seeds(ensemble):
+    """The seeds `ensemble` is fitted with: its entry's `seed` alone (one ensemble for every
+    policy seed), else every study seed."""
+    fixed = config["ensembles"][ensemble].get("seed")
+    return SEEDS if fixed is None else [fixed]
+
+
+def policy_ensemble_dir(dataset, ensemble, seed):
+    """The ensemble a policy of `seed` trains on: its own seed's, or the entry's one seed."""
+    return ensemble_dir(dataset, ensemble, config["ensembles"][ensemble].get("seed", seed))
+
+
 def policy_dir(dataset, mode, seed):
     return f"results/{dataset}/policies/{mode}/seed{seed}"
 
@@ -132,7 +144,7 @@ def policy_inputs(w):
     ensemble = ensemble_of(w.dataset, w.mode)
     if ensemble is not None:
         inputs["ensemble"] = (
-            f"{ensemble_dir(w.dataset, ensemble, w.seed)}/model.safetensors"
+            f"{policy_ensemble_dir(w.dataset, ensemble, w.seed)}/model.safetensors"
         )
     preset = mode_params(STUDY, w.dataset, w.mode).get("preset")
     if preset is not None:  # a planner (pets): its settings file
@@ -170,7 +182,7 @@ def policy_flags(w):
     flags += f" --params {as_params(params)}" if params else ""
     ensemble = ensemble_of(w.dataset, w.mode)
     if ensemble is not None:
-        flags += f" --ensemble {ensemble_dir(w.dataset, ensemble, w.seed)}"
+        flags += f" --ensemble {policy_ensemble_dir(w.dataset, ensemble, w.seed)}"
     return flags
 
 
@@ -187,7 +199,7 @@ def ensemble_runs(dataset):
     return [
         (f"{e} seed{s}", ensemble_dir(dataset, e, s))
         for e in ensembles_on(dataset)
-        for s in SEEDS
+        for s in ensemble_seeds(e)
     ]
 
 
