@@ -85,7 +85,9 @@ def ensemble_seeds(ensemble):
 
 def policy_ensemble_dir(dataset, ensemble, seed):
     """The ensemble a policy of `seed` trains on: its own seed's, or the entry's one seed."""
-    return ensemble_dir(dataset, ensemble, config["ensembles"][ensemble].get("seed", seed))
+    return ensemble_dir(
+        dataset, ensemble, config["ensembles"][ensemble].get("seed", seed)
+    )
 
 
 def policy_dir(dataset, mode, seed):
