@@ -230,7 +230,9 @@ def test_a_requeued_job_resumes_from_its_checkpoint_and_matches(tmp_path):
     )
     job_id = submitted.stdout.strip().split(";")[0]
     wait_for(lambda: list(checkpoints.glob("*/step-*")), 120, "the job's first checkpoint")
-    assert job_state(job_id)[0] == "RUNNING"
+    # The job writes checkpoints, so it runs; sacct's record of the start can lag behind
+    # (slurmdbd stores it asynchronously: seen as PENDING once, December 3).
+    wait_for(lambda: job_state(job_id)[0] == "RUNNING", 30, "sacct to record the job running")
     subprocess.run(["scontrol", "requeue", job_id], check=True)
     state = wait_for(
         lambda: (s := job_state(job_id))[0] in ("COMPLETED", "FAILED", "CANCELLED") and s,
